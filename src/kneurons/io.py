@@ -1,0 +1,47 @@
+"""Atomic writes: a reader never sees a half-written file, a failed write leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    with atomic_path(path) as tmp:
+        write(tmp)
+
+
+def write_tsv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    write_atomic(path, lambda tmp: df.to_csv(tmp, sep="\t", index=False))
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    def dump(tmp: Path) -> None:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+    write_atomic(path, dump)
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())
