@@ -1,0 +1,364 @@
+import gzip
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kneurons.data import (
+    COLUMNS,
+    MOTIF_REGEX,
+    MOTIFS,
+    STANDARD_RESIDUES,
+    DataError,
+    assign_classes,
+    classes_of,
+    ec_top_class,
+    filter_sequences,
+    find_motifs,
+    generate_synthetic,
+    parse_motifs,
+    read_fasta,
+    read_input,
+    read_labelled,
+    read_table,
+    stratified_split,
+    summarize_dropped,
+)
+from kneurons.io import write_tsv
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return generate_synthetic(150, 60, 200, seed=7)
+
+
+def _fixed_positions(pattern):
+    """Offsets of non-x tokens and their allowed residues."""
+    tokens = re.findall(r"\[[A-Z]+\]|[A-Zx]", pattern)
+    return {i: t.strip("[]") for i, t in enumerate(tokens) if t != "x"}, len(tokens)
+
+
+# ---------------------------------------------------------------- generator
+
+
+def test_synthetic_columns_balance_lengths_residues(synthetic):
+    assert list(synthetic.columns) == COLUMNS
+    assert synthetic["ec_class"].value_counts().to_dict() == {c: 150 for c in range(1, 7)}
+    lengths = synthetic["sequence"].str.len()
+    assert lengths.min() >= 60 and lengths.max() <= 200
+    assert synthetic["sequence"].str.fullmatch(f"M[{STANDARD_RESIDUES}]+").all()
+    assert synthetic["id"].is_unique
+    assert synthetic["id"].str.fullmatch(r"syn_c[1-6]_\d{5}").all()
+    assert all(
+        ec_top_class(e) == c
+        for e, c in zip(synthetic["ec_numbers"], synthetic["ec_class"], strict=True)
+    )
+
+
+def test_synthetic_motifs_at_recorded_positions(synthetic):
+    kinds = set()
+    for seq, cls, motifs in zip(
+        synthetic["sequence"], synthetic["ec_class"], synthetic["motifs"], strict=True
+    ):
+        entries = parse_motifs(motifs)
+        true_count = sum(e["kind"] in ("true", "mutated") for e in entries)
+        assert any(e["kind"] == "true" for e in entries)  # at least one intact true motif
+        spans = sorted((e["start"], e["end"]) for e in entries)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))  # non-overlapping
+        assert spans[0][0] >= 1  # position 0 is the initial M
+        for e in entries:
+            kinds.add(e["kind"])
+            motif_class, pattern = MOTIFS[e["name"]]
+            instance = seq[e["start"] : e["end"]]
+            fixed, width = _fixed_positions(pattern)
+            assert len(instance) == width
+            if e["kind"] == "decoy":
+                assert motif_class != cls and true_count >= 2
+            else:
+                assert motif_class == cls
+            if e["kind"] == "mutated":
+                wrong = [i for i, allowed in fixed.items() if instance[i] not in allowed]
+                assert len(wrong) == 1
+            else:
+                assert re.fullmatch(MOTIF_REGEX[e["name"]], instance)
+        # The recorded intact motifs are the only occurrences of any pattern.
+        expected = {(e["name"], e["start"]) for e in entries if e["kind"] != "mutated"}
+        assert set(find_motifs(seq)) == expected
+    assert kinds == {"true", "mutated", "decoy"}
+
+
+def test_synthetic_deterministic():
+    a = generate_synthetic(20, 50, 120, seed=3)
+    b = generate_synthetic(20, 50, 120, seed=3)
+    c = generate_synthetic(20, 50, 120, seed=4)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["sequence"].equals(c["sequence"])
+    # Rows are shuffled, not grouped by class.
+    assert not a["ec_class"].is_monotonic_increasing
+
+
+def test_synthetic_no_noise_and_subset_of_classes():
+    df = generate_synthetic(10, 50, 80, seed=1, classes=(2, 5), mutation_rate=0, decoy_rate=0)
+    assert set(df["ec_class"]) == {2, 5}
+    kinds = {e["kind"] for m in df["motifs"] for e in parse_motifs(m)}
+    assert kinds == {"true"}
+
+
+def test_synthetic_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="min_length"):
+        generate_synthetic(5, 10, 20, seed=0)
+    with pytest.raises(ValueError, match="class"):
+        generate_synthetic(5, 60, 80, seed=0, classes=(7,))
+    with pytest.raises(ValueError, match="mutation_rate"):
+        generate_synthetic(5, 60, 80, seed=0, mutation_rate=1.5)
+
+
+def test_trivial_motif_classifier_high_but_not_perfect():
+    df = generate_synthetic(200, 50, 200, seed=11)
+    per_class = {}
+    for name, (cls, _) in MOTIFS.items():
+        per_class.setdefault(cls, []).append(re.compile(f"(?={MOTIF_REGEX[name]})"))
+
+    def predict(seq):
+        counts = {c: sum(len(rx.findall(seq)) for rx in rxs) for c, rxs in per_class.items()}
+        best = max(counts.values())
+        winners = [c for c, v in counts.items() if v == best]
+        return winners[0] if len(winners) == 1 else -1  # a tie counts as wrong
+
+    accuracy = np.mean(
+        [predict(s) == c for s, c in zip(df["sequence"], df["ec_class"], strict=True)]
+    )
+    # Measured ~0.90-0.93 over seeds: decoy + one mutated true motif gives exact-match ties.
+    assert 0.85 <= accuracy <= 0.97
+
+
+def test_parse_motifs():
+    assert parse_motifs("") == []
+    assert parse_motifs("a:1:5:true;b:7:9:decoy") == [
+        {"name": "a", "start": 1, "end": 5, "kind": "true"},
+        {"name": "b", "start": 7, "end": 9, "kind": "decoy"},
+    ]
+    with pytest.raises(DataError, match="malformed motif"):
+        parse_motifs("a:1:5:weird")
+
+
+# ---------------------------------------------------------------- EC numbers
+
+
+@pytest.mark.parametrize(
+    "ec, top",
+    [("3.4.21.4", 3), ("3.4.-.-", 3), ("3.-.-.-", 3), ("3.4.21.n1", 3), (" 7.1.1.1 ", 7)],
+)
+def test_ec_top_class(ec, top):
+    assert ec_top_class(ec) == top
+
+
+@pytest.mark.parametrize("ec", ["3.4.21", "3.-.4.1", "x.1.1.1", "0.1.1.1", "3.4.n1.1", ""])
+def test_ec_top_class_malformed(ec):
+    with pytest.raises(DataError, match="malformed EC"):
+        ec_top_class(ec)
+
+
+def test_classes_of():
+    assert classes_of("1.1.1.1; 2.7.1.1") == {1, 2}
+    assert classes_of("1.1.1.1 ;1.2.-.-;") == {1}
+    assert classes_of("") == set()
+
+
+# ---------------------------------------------------------------- reading tables
+
+
+UNIPROT_TSV = (
+    "Entry\tEntry Name\tEC number\tSequence\n"
+    "P1\tA_HUMAN\t1.1.1.1; 1.2.3.4\tmkvla\n"
+    "P2\tB_HUMAN\t2.7.11.1\tMSTPQ\n"
+    "P3\tC_HUMAN\t\tMAAAA\n"
+    "P4\tD_HUMAN\t1.1.1.1; 2.7.1.1\tMGGGG\n"
+    "P2\tB_HUMAN\t2.7.11.1\tMSTPQ\n"
+)
+
+
+def test_read_table_uniprot_tsv(tmp_path):
+    path = tmp_path / "uniprot.tsv"
+    path.write_text(UNIPROT_TSV)
+    df, dropped = read_table(path)
+    assert list(df.columns) == COLUMNS
+    assert df["id"].tolist() == ["P1", "P2", "P4"]
+    assert df["sequence"].tolist()[0] == "MKVLA"
+    assert df["ec_numbers"].tolist()[0] == "1.1.1.1;1.2.3.4"
+    assert (df["ec_class"] == 0).all() and (df["motifs"] == "").all()
+    assert dropped == {"no EC number": 1, "duplicate id (same sequence)": 1}
+
+    labelled, dropped2 = assign_classes(df, classes=(1, 2, 3))
+    assert labelled[["id", "ec_class"]].values.tolist() == [["P1", 1], ["P2", 2]]
+    assert dropped2 == {"multiple top-level EC classes": 1}
+    only1, dropped3 = assign_classes(df, classes=(1,))
+    assert only1["id"].tolist() == ["P1"] and dropped3["EC class not selected"] == 1
+
+
+def test_read_table_csv_gz_and_custom_columns(tmp_path):
+    path = tmp_path / "data.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("acc,ec,seq\nQ1,3.4.21.4,MKKL\nQ2,6.1.1.n2,MWWW\n")
+    df, dropped = read_table(path, id_column="acc", ec_column="ec", sequence_column="seq")
+    assert df["id"].tolist() == ["Q1", "Q2"] and not dropped
+    assert read_input(path, id_column="acc", ec_column="ec", sequence_column="seq")[0].equals(df)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "file is empty"),
+        ("Entry\tEC number\tSequence\n", "no records"),
+        ("Entry\tSequence\nP1\tMKV\n", r"missing column\(s\) \['EC number'\].*Entry"),
+        (
+            "Entry\tEC number\tSequence\nP1\t1.1.1.1\tMK\nP9\t1.1.1.1\t \n",
+            "row 2 .id P9.: empty seq",
+        ),
+        (
+            "Entry\tEC number\tSequence\nP1\t1.1.1.1\tMK\nP7\t1.1.x.1\tMKV\n",
+            "row 2 .id P7.: malformed",
+        ),
+        (
+            "Entry\tEC number\tSequence\nP5\t1.1.1.1\tMK\nP5\t1.1.1.1\tMV\n",
+            "row 2: duplicate id P5 with a different sequence than row 1",
+        ),
+    ],
+)
+def test_read_table_errors_name_file_and_record(tmp_path, content, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message) as err:
+        read_table(path)
+    text = str(err.value)
+    assert str(path) in text and "\n" not in text
+
+
+def test_read_table_unknown_extension(tmp_path):
+    path = tmp_path / "data.xlsx"
+    path.write_text("x")
+    with pytest.raises(DataError, match="extension"):
+        read_table(path)
+
+
+# ---------------------------------------------------------------- reading FASTA
+
+
+def test_read_fasta_header_styles(tmp_path):
+    path = tmp_path / "seqs.fasta"
+    path.write_text(
+        ">A1 EC=1.1.1.1;2.3.1.1 some protein\nMKV\nLLA\n"
+        ">sp|P12345|ADH_HUMAN Alcohol dehydrogenase EC=1.1.1.1 OS=Homo sapiens\nmaaa\n"
+        ">tr|Q99999|Q99999_YEAST Uncharacterized OS=Yeast\nMCCC\n"
+        ">B2|3.4.21.4;3.4.-.-\nMDDD\n"
+        ">C3|\nMEEE\n"
+    )
+    df, dropped = read_fasta(path)
+    assert df["id"].tolist() == ["A1", "P12345", "B2"]
+    assert df["sequence"].tolist() == ["MKVLLA", "MAAA", "MDDD"]
+    assert df["ec_numbers"].tolist() == ["1.1.1.1;2.3.1.1", "1.1.1.1", "3.4.21.4;3.4.-.-"]
+    assert dropped == {"no EC number": 2}
+    assert read_input(path)[0].equals(df)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "no FASTA records"),
+        (">A1 EC=1.1.1.1\nMKV\n>A2 EC=1.1.1.1\n", r"record 2 \(id A2\): empty sequence"),
+        (">A1 EC=1.1.1.1\nMKV\n>A2|9.x\nMKV\n", r"record 2 \(id A2\): malformed EC"),
+        (">A1 EC=1.1.1.1\nMKV\n>A1 EC=1.1.1.1\nMKW\n", "record 2: duplicate id A1"),
+    ],
+)
+def test_read_fasta_errors_name_file_and_record(tmp_path, content, message):
+    path = tmp_path / "bad.fa"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message) as err:
+        read_fasta(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- filtering
+
+
+def _table(rows):
+    return pd.DataFrame(
+        {
+            "id": [r[0] for r in rows],
+            "sequence": [r[1] for r in rows],
+            "ec_numbers": ["1.1.1.1"] * len(rows),
+            "ec_class": [1] * len(rows),
+            "motifs": [""] * len(rows),
+        }
+    )
+
+
+def test_filter_sequences_drop():
+    df = _table(
+        [
+            ("a", "MKVLA"),
+            ("b", "MKXLA"),
+            ("c", "MK"),
+            ("d", "M" * 20),
+            ("e", "MKVLA"),
+            ("f", "MWWWW"),
+        ]
+    )
+    out, dropped = filter_sequences(df, 3, 10, source="in.tsv")
+    assert out["id"].tolist() == ["a", "f"]
+    assert dropped == {
+        "non-standard residue": 1,
+        "shorter than 3": 1,
+        "longer than 10": 1,
+        "duplicate sequence": 1,
+    }
+    assert summarize_dropped(dropped).splitlines()[0] == "dropped 1: duplicate sequence"
+    assert len(summarize_dropped(dropped).splitlines()) == 4
+    assert summarize_dropped({}) == "dropped nothing"
+
+
+def test_filter_sequences_error_and_empty():
+    df = _table([("a", "MKVLA"), ("b", "MKULA")])
+    with pytest.raises(DataError, match=r"in\.tsv: id b: non-standard residue 'U' at position 3"):
+        filter_sequences(df, 1, 100, nonstandard="error", source="in.tsv")
+    with pytest.raises(DataError, match="in.tsv: no sequences left"):
+        filter_sequences(df, 50, 100, source="in.tsv")
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def test_stratified_split(synthetic):
+    fractions = {"train": 0.7, "validation": 0.15, "test": 0.15}
+    out = stratified_split(synthetic, fractions, seed=5)
+    assert out["id"].tolist() == synthetic["id"].tolist()  # input order kept
+    assert set(out["split"]) == {"train", "validation", "test"}  # every row in exactly one
+    assert len(out) == len(synthetic) and out["id"].is_unique
+    counts = out.groupby(["ec_class", "split"]).size().unstack()
+    # 150 per class: 22.5 -> 23 validation, 23 test, 104 train.
+    assert (counts["validation"] == 23).all() and (counts["test"] == 23).all()
+    assert (counts["train"] == 104).all()
+    again = stratified_split(synthetic.iloc[::-1], fractions, seed=5)
+    assert again.set_index("id")["split"].to_dict() == out.set_index("id")["split"].to_dict()
+    other = stratified_split(synthetic, fractions, seed=6)
+    assert not other["split"].equals(out["split"])
+
+
+def test_stratified_split_minimum_and_errors():
+    df = _table([("a", "MA"), ("b", "MC"), ("c", "MD")])
+    out = stratified_split(df, {"train": 0.7, "validation": 0.15, "test": 0.15}, seed=0)
+    assert sorted(out["split"]) == ["test", "train", "validation"]
+    with pytest.raises(DataError, match="class 1 has 2 sequences; the split needs at least 3"):
+        stratified_split(df.iloc[:2], seed=0)
+    with pytest.raises(ValueError, match="sum to 1"):
+        stratified_split(df, {"train": 0.7, "validation": 0.2, "test": 0.2}, seed=0)
+
+
+def test_read_labelled_round_trip(tmp_path, synthetic):
+    path = tmp_path / "out" / "table.tsv"
+    real = _table([("a", "MKV")])  # empty motifs must come back as "", not NaN
+    write_tsv(pd.concat([synthetic.head(5), real], ignore_index=True), path)
+    back = read_labelled(path)
+    assert back["motifs"].iloc[-1] == "" and back["ec_class"].dtype == "int64"
+    assert back["sequence"].tolist()[:5] == synthetic["sequence"].head(5).tolist()
