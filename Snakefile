@@ -1,0 +1,18 @@
+# Knowledge neurons in protein language models: the whole DAG.
+# download -> split -> prepare_model -> finetune -> score -> evaluate (sweep) -> aggregate -> plots
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/neurons.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

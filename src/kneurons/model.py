@@ -1,0 +1,239 @@
+"""ESM-2 (fair-esm) checkpoints, the enzyme classifier built on it, and neuron ablation."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import esm
+import torch
+from esm.model.esm2 import ESM2
+from torch import nn
+
+from kneurons.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+ALPHABET = esm.data.Alphabet.from_architecture("ESM-1b")
+MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
+PRETRAINED = (
+    "esm2_t6_8M_UR50D",
+    "esm2_t12_35M_UR50D",
+    "esm2_t30_150M_UR50D",
+    "esm2_t33_650M_UR50D",
+    "esm2_t36_3B_UR50D",
+    "esm2_t48_15B_UR50D",
+)
+# fair-esm's loader prefixes; real checkpoints carry the first.
+_STATE_PREFIX = "encoder.sentence_encoder."
+_REGRESSION_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")
+
+
+def module_name(layer: int, module: str) -> str:
+    """Name of a scored Linear inside ESM2, e.g. `layers.3.self_attn.k_proj`."""
+    if module not in MODULES:
+        raise ValueError(f"unknown module {module!r}; expected one of {', '.join(MODULES)}")
+    return (
+        f"layers.{layer}.self_attn.{module}"
+        if module in ATTENTION_MODULES
+        else f"layers.{layer}.{module}"
+    )
+
+
+def linear(esm2: ESM2, layer: int, module: str) -> nn.Linear:
+    return esm2.get_submodule(module_name(layer, module))
+
+
+def esm_config(esm2: ESM2) -> dict:
+    return {
+        "num_layers": esm2.num_layers,
+        "embed_dim": esm2.embed_dim,
+        "attention_heads": esm2.attention_heads,
+        "token_dropout": bool(esm2.token_dropout),
+    }
+
+
+def build_tiny_esm2(num_layers: int, embed_dim: int, attention_heads: int, seed: int) -> ESM2:
+    """A small ESM-2 from fair-esm's own class, so module names match the real models."""
+    if embed_dim % attention_heads:
+        raise ValueError(
+            f"embed_dim {embed_dim} is not divisible by attention_heads {attention_heads}"
+        )
+    torch.manual_seed(seed)
+    return ESM2(num_layers, embed_dim, attention_heads, alphabet=ALPHABET, token_dropout=True)
+
+
+def save_esm_checkpoint(esm2: ESM2, path: str | Path) -> None:
+    """Write `path` (and its `-contact-regression.pt`) in the format of fair-esm's releases."""
+    path = Path(path)
+    state = esm2.state_dict()
+    cfg = argparse.Namespace(
+        encoder_layers=esm2.num_layers,
+        encoder_embed_dim=esm2.embed_dim,
+        encoder_ffn_embed_dim=4 * esm2.embed_dim,
+        encoder_attention_heads=esm2.attention_heads,
+        token_dropout=bool(esm2.token_dropout),
+    )
+    model_data = {
+        "cfg": {"model": cfg},
+        "model": {_STATE_PREFIX + k: v for k, v in state.items() if k not in _REGRESSION_KEYS},
+    }
+    regression = {"model": {k: state[k] for k in _REGRESSION_KEYS}}
+    with atomic_path(regression_path(path)) as tmp:
+        torch.save(regression, tmp)
+    with atomic_path(path) as tmp:
+        torch.save(model_data, tmp)
+
+
+def regression_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + "-contact-regression.pt")
+
+
+def torch_load(path: str | Path):
+    """torch.load with weights_only; fair-esm checkpoints also hold an argparse.Namespace."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def load_esm_checkpoint(path: str | Path) -> ESM2:
+    """Load an ESM-2 checkpoint written in fair-esm's format (pretrained release or our own)."""
+    path = Path(path)
+    try:
+        model_data = torch_load(path)
+    except Exception as err:  # torch raises many types for a bad file
+        raise ValueError(f"{path}: not a readable fair-esm checkpoint ({err})") from None
+    if not isinstance(model_data, dict) or "model" not in model_data or "cfg" not in model_data:
+        raise ValueError(f"{path}: not a fair-esm checkpoint (needs keys 'model' and 'cfg')")
+    regression = torch_load(regression_path(path)) if regression_path(path).exists() else None
+    # fair-esm picks the ESM-2 loader by the name's prefix; we only support ESM-2.
+    name = path.stem if path.stem.startswith("esm2") else "esm2_" + path.stem
+    model, _ = esm.pretrained.load_model_and_alphabet_core(name, model_data, regression)
+    return model
+
+
+class EnzymeClassifier(nn.Module):
+    """ESM-2 plus a linear head over mean-pooled residue representations."""
+
+    def __init__(self, esm2: ESM2, n_classes: int):
+        super().__init__()
+        self.esm = esm2
+        self.head = nn.Linear(esm2.embed_dim, n_classes)
+
+    @property
+    def num_layers(self) -> int:
+        return self.esm.num_layers
+
+    def embed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token embeddings as ESM2.forward computes them: (T, B, E) and the padding mask."""
+        e = self.esm
+        padding_mask = tokens.eq(e.padding_idx)
+        x = e.embed_scale * e.embed_tokens(tokens)
+        if e.token_dropout:
+            x = x.masked_fill((tokens == e.mask_idx).unsqueeze(-1), 0.0)
+            mask_ratio_train = 0.15 * 0.8
+            src_lengths = (~padding_mask).sum(-1)
+            mask_ratio_observed = (tokens == e.mask_idx).sum(-1).to(x.dtype) / src_lengths
+            x = x * (1 - mask_ratio_train) / (1 - mask_ratio_observed)[:, None, None]
+        x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+        return x.transpose(0, 1), (padding_mask if padding_mask.any() else None)
+
+    def run_layers(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> torch.Tensor:
+        for layer in self.esm.layers[start:stop]:
+            x, _ = layer(x, self_attn_padding_mask=padding_mask)
+        return x
+
+    def classify(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Final layer norm, mean over residues (no BOS/EOS/padding), linear head."""
+        x = self.esm.emb_layer_norm_after(x).transpose(0, 1)  # (B, T, E)
+        residue = residue_mask(tokens).unsqueeze(-1).type_as(x)
+        pooled = (x * residue).sum(1) / residue.sum(1).clamp(min=1)
+        return self.head(pooled)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x, padding_mask = self.embed(tokens)
+        return self.classify(self.run_layers(x, padding_mask), tokens)
+
+
+def residue_mask(tokens: torch.Tensor) -> torch.Tensor:
+    return (
+        (tokens != ALPHABET.padding_idx)
+        & (tokens != ALPHABET.cls_idx)
+        & (tokens != ALPHABET.eos_idx)
+    )
+
+
+def encode(sequences: Sequence[str], max_length: int | None = None) -> torch.Tensor:
+    """Tokens with BOS/EOS, padded; sequences longer than `max_length` keep their first residues."""
+    if max_length:
+        sequences = [s[:max_length] for s in sequences]
+    longest = max(len(s) for s in sequences)
+    tokens = torch.full((len(sequences), longest + 2), ALPHABET.padding_idx, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids = [ALPHABET.cls_idx, *(ALPHABET.get_idx(a) for a in seq), ALPHABET.eos_idx]
+        tokens[i, : len(ids)] = torch.tensor(ids)
+    return tokens
+
+
+def save_classifier(model: EnzymeClassifier, classes: Sequence[int], max_length: int, path) -> None:
+    payload = {
+        "esm_config": esm_config(model.esm),
+        "classes": [int(c) for c in classes],
+        "max_length": int(max_length),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_classifier(path, device: str | torch.device = "cpu") -> tuple[EnzymeClassifier, dict]:
+    payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    cfg = payload["esm_config"]
+    esm2 = ESM2(
+        cfg["num_layers"], cfg["embed_dim"], cfg["attention_heads"], ALPHABET, cfg["token_dropout"]
+    )
+    model = EnzymeClassifier(esm2, len(payload["classes"]))
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    return model, {"classes": payload["classes"], "max_length": payload["max_length"]}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@contextmanager
+def ablated(
+    model: EnzymeClassifier, keep: Mapping[tuple[int, str], torch.Tensor]
+) -> Iterator[None]:
+    """Zero every unit whose `keep` entry is False (same as zeroing its weight row and bias)."""
+    handles = []
+    try:
+        for (layer, module), mask in keep.items():
+            scale = mask.to(dtype=torch.float32)
+            target = linear(model.esm, layer, module)
+
+            def hook(_mod, _inp, out, scale=scale):
+                return out * scale.to(device=out.device, dtype=out.dtype)
+
+            handles.append(target.register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(max(1, int(threads)))

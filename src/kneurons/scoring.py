@@ -1,0 +1,225 @@
+"""Neuron scores: activation magnitude, integrated gradients (IG), random.
+
+A neuron is one output unit of a Linear module (`model.MODULES`) in one layer. IG follows
+Dai et al.: the module's whole output is scaled from 0 to its value; a unit's attribution is
+the sum over positions of output x path-averaged gradient of p(true class), averaged over
+sequences. The engine runs the layers below the scored one once per batch, puts the path
+steps in the batch dimension and takes one `autograd.grad` per chunk; weights never need grad.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from kneurons.model import EnzymeClassifier, encode, linear
+
+log = logging.getLogger(__name__)
+
+IG_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+
+
+def quadrature(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points alpha in [0, 1] and weights w with sum_k w_k f(alpha_k) ~ integral_0^1 f."""
+    m = steps
+    if rule == "riemann_left":
+        alphas, weights = torch.arange(m) / m, torch.full((m,), 1 / m)
+    elif rule == "riemann_right":
+        alphas, weights = torch.arange(1, m + 1) / m, torch.full((m,), 1 / m)
+    elif rule == "riemann_middle":
+        alphas, weights = (torch.arange(m) + 0.5) / m, torch.full((m,), 1 / m)
+    elif rule == "riemann_trapezoid":
+        if m < 2:
+            raise ValueError("riemann_trapezoid needs at least 2 steps")
+        alphas, weights = torch.linspace(0, 1, m), torch.full((m,), 1 / (m - 1))
+        weights[[0, -1]] /= 2
+    elif rule == "gausslegendre":
+        x, w = np.polynomial.legendre.leggauss(m)
+        alphas, weights = torch.from_numpy((x + 1) / 2), torch.from_numpy(w / 2)
+    else:
+        raise ValueError(f"unknown IG rule {rule!r}; expected one of {', '.join(IG_RULES)}")
+    return alphas.double(), weights.double()
+
+
+def scores_frame(scores: dict[tuple[int, str], torch.Tensor]) -> pd.DataFrame:
+    """(layer, module, unit, score) rows, in the order of `scores`."""
+    frames = [
+        pd.DataFrame(
+            {
+                "layer": layer,
+                "module": module,
+                "unit": np.arange(len(s)),
+                "score": s.double().numpy(),
+            }
+        )
+        for (layer, module), s in scores.items()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _length_sorted_batches(sequences: Sequence[str], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def activation_scores(
+    model: EnzymeClassifier,
+    sequences: Sequence[str],
+    modules: Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 64,
+    max_length: int | None = None,
+) -> dict[tuple[int, str], torch.Tensor]:
+    """Mean |output| of each unit over a sequence's tokens (BOS/EOS included, padding not),
+    averaged over sequences. One inference pass for all modules of all layers."""
+    model.eval()
+    device = next(model.parameters()).device
+    layers = range(model.num_layers) if layers is None else layers
+    sums: dict[tuple[int, str], torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+
+    def make_hook(key):
+        def hook(_mod, _inp, out):
+            # out: (T, B, U); per-sequence mean over its non-padding tokens
+            w = state["token_weight"]
+            total = torch.einsum("tbu,tb->u", out.abs().double(), w)
+            sums[key] = sums.get(key, 0) + total.cpu()
+
+        return hook
+
+    handles = [
+        linear(model.esm, layer, module).register_forward_hook(make_hook((layer, module)))
+        for layer in layers
+        for module in modules
+    ]
+    try:
+        for chunk in tqdm(
+            _length_sorted_batches(sequences, batch_size), desc="activation", leave=False
+        ):
+            tokens = encode([sequences[i] for i in chunk], max_length).to(device)
+            not_pad = (tokens != model.esm.padding_idx).double()
+            state["token_weight"] = (not_pad / not_pad.sum(1, keepdim=True)).T  # (T, B)
+            model(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    return {key: sums[key] / len(sequences) for key in ((l, m) for l in layers for m in modules)}
+
+
+def ig_scores(
+    model: EnzymeClassifier,
+    sequences: Sequence[str],
+    labels: Sequence[int],
+    layer: int,
+    modules: Sequence[str],
+    *,
+    steps: int = 20,
+    rule: str = "riemann_left",
+    absolute: bool = False,
+    batch_size: int = 16,
+    rows_per_pass: int = 256,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> dict[tuple[int, str], torch.Tensor]:
+    """IG attributions of every unit of `modules` in `layer` (see module docstring).
+
+    `labels` are class indices (the head's output positions). `rows_per_pass` bounds memory:
+    sequences x path steps run together in one forward/backward pass.
+    """
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    alphas, weights = quadrature(rule, steps)
+    labels_t = torch.as_tensor(labels, dtype=torch.long)
+    totals = {(layer, m): 0 for m in modules}
+    batches = _length_sorted_batches(sequences, max(1, min(batch_size, rows_per_pass)))
+    for chunk in tqdm(batches, desc=f"IG layer {layer}", leave=False, disable=not progress):
+        tokens = encode([sequences[i] for i in chunk], max_length).to(device)
+        target = labels_t[chunk].to(device)
+        with torch.no_grad():
+            x, padding_mask = model.embed(tokens)
+            hidden = model.run_layers(x, padding_mask, 0, layer)
+        residues = (tokens != model.esm.padding_idx).T.unsqueeze(-1)  # (T, B, 1)
+        for module in modules:
+            attribution = _integrated_gradients(
+                model,
+                tokens,
+                hidden,
+                padding_mask,
+                target,
+                layer,
+                module,
+                alphas.to(device, dtype),
+                weights.to(device, dtype),
+                rows_per_pass,
+            )
+            attribution = attribution.masked_fill(~residues, 0).sum(0)  # (B, U)
+            if absolute:
+                attribution = attribution.abs()
+            totals[(layer, module)] = totals[(layer, module)] + attribution.double().sum(0).cpu()
+    return {key: total / len(sequences) for key, total in totals.items()}
+
+
+def _integrated_gradients(
+    model, tokens, hidden, padding_mask, target, layer, module, alphas, weights, rows_per_pass
+) -> torch.Tensor:
+    """(T, B, U): the module's output x its path-integrated gradient, per position."""
+    batch = tokens.shape[0]
+    steps_per_pass = max(1, rows_per_pass // batch)
+    target_module = linear(model.esm, layer, module)
+    captured: dict[str, torch.Tensor] = {}
+
+    def scale_output(_mod, _inp, out):
+        captured["output"] = out.detach()[:, :batch]  # step 0's rows; every step has the same
+        scaled = out.detach() * captured["alpha"]
+        scaled.requires_grad_(True)
+        captured["scaled"] = scaled
+        # fair-esm scales q in place; the clone keeps our leaf intact.
+        return scaled.clone()
+
+    handle = target_module.register_forward_hook(scale_output)
+    integrated = None
+    try:
+        for start in range(0, len(alphas), steps_per_pass):
+            a, w = alphas[start : start + steps_per_pass], weights[start : start + steps_per_pass]
+            k = len(a)
+            # rows ordered step-major: row s * batch + b is sequence b at step s
+            captured["alpha"] = a.repeat_interleave(batch)[None, :, None]
+            mask = None if padding_mask is None else padding_mask.repeat(k, 1)
+            with torch.enable_grad():
+                out = model.run_layers(hidden.repeat(1, k, 1), mask, layer)
+                probs = model.classify(out, tokens.repeat(k, 1)).softmax(-1)
+                p_true = probs.gather(1, target.repeat(k)[:, None]).sum()
+                (grad,) = torch.autograd.grad(p_true, captured["scaled"])
+            weighted = (grad.unflatten(1, (k, batch)) * w[None, :, None, None]).sum(1)
+            integrated = weighted if integrated is None else integrated + weighted
+    finally:
+        handle.remove()
+    return captured["output"] * integrated
+
+
+def random_scores(
+    unit_counts: dict[tuple[int, str], int], seed: int
+) -> dict[tuple[int, str], torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        key: torch.rand(n, generator=generator, dtype=torch.float64)
+        for key, n in unit_counts.items()
+    }
+
+
+def unit_counts(model: EnzymeClassifier, modules: Sequence[str]) -> dict[tuple[int, str], int]:
+    return {
+        (layer, m): linear(model.esm, layer, m).out_features
+        for layer in range(model.num_layers)
+        for m in modules
+    }

@@ -1,0 +1,189 @@
+"""Fine-tuning ESM-2 with a linear head on EC classes; evaluation of a (possibly pruned) model."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kneurons.model import EnzymeClassifier, ablated, encode, load_esm_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def batches(
+    n: int, batch_size: int, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return list(order.split(batch_size))
+
+
+@torch.no_grad()
+def predict_proba(
+    model: EnzymeClassifier,
+    sequences: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    keep: Mapping | None = None,
+) -> torch.Tensor:
+    """Class probabilities (N, C); `keep` ablates every unit marked False."""
+    model.eval()
+    device = next(model.parameters()).device
+    # Length-sorted batches pad less; results are put back in input order.
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    probs = torch.empty(len(sequences), model.head.out_features)
+    with ablated(model, keep or {}):
+        for chunk in torch.tensor(order).split(batch_size):
+            tokens = encode([sequences[i] for i in chunk], max_length).to(device)
+            probs[chunk] = model(tokens).float().softmax(-1).cpu()
+    return probs
+
+
+def classification_metrics(
+    y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[int]
+) -> dict:
+    """Accuracy, macro-F1 and per-class accuracy (recall); labels are class indices."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    f1s, per_class = [], {}
+    for k, c in enumerate(classes):
+        tp = int(((y_pred == k) & (y_true == k)).sum())
+        n_true, n_pred = int((y_true == k).sum()), int((y_pred == k).sum())
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_true if n_true else 0.0
+        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+        per_class[str(c)] = recall
+    return {
+        "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
+        "macro_f1": float(np.mean(f1s)),
+        "per_class_accuracy": per_class,
+        "n": int(len(y_true)),
+    }
+
+
+def evaluate(
+    model: EnzymeClassifier,
+    table: pd.DataFrame,
+    classes: Sequence[int],
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    keep: Mapping | None = None,
+) -> dict:
+    """Metrics of `model` on `table` (columns `sequence`, `ec_class`), optionally ablated."""
+    index = {c: k for k, c in enumerate(classes)}
+    y_true = [index[c] for c in table["ec_class"]]
+    probs = predict_proba(
+        model, list(table["sequence"]), batch_size=batch_size, max_length=max_length, keep=keep
+    )
+    metrics = classification_metrics(y_true, probs.argmax(-1).tolist(), classes)
+    metrics["loss"] = float(
+        nn.functional.nll_loss(probs.clamp_min(1e-12).log(), torch.tensor(y_true))
+    )
+    return metrics
+
+
+def finetune(
+    checkpoint: str,
+    split: pd.DataFrame,
+    *,
+    seed: int,
+    epochs: int,
+    lr: float,
+    head_lr: float,
+    weight_decay: float,
+    batch_size: int,
+    max_length: int,
+    device: torch.device,
+) -> tuple[EnzymeClassifier, list[int], dict]:
+    """Train the whole model; keep the epoch with the best validation accuracy (first on ties)."""
+    seed_everything(seed)
+    classes = sorted(int(c) for c in split["ec_class"].unique())
+    index = {c: k for k, c in enumerate(classes)}
+    train = split[split["split"] == "train"].reset_index(drop=True)
+    val = split[split["split"] == "validation"].reset_index(drop=True)
+    test = split[split["split"] == "test"].reset_index(drop=True)
+
+    model = EnzymeClassifier(load_esm_checkpoint(checkpoint), len(classes)).to(device)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.esm.parameters(), "lr": lr},
+            {"params": model.head.parameters(), "lr": head_lr},
+        ],
+        weight_decay=weight_decay,
+    )
+    labels = torch.tensor([index[c] for c in train["ec_class"]])
+    sequences = list(train["sequence"])
+    generator = torch.Generator().manual_seed(seed)
+    history, best, best_state = [], None, None
+    log.info(
+        "fine-tuning on %d train / %d validation sequences, %d classes",
+        len(train),
+        len(val),
+        len(classes),
+    )
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total_loss, correct = 0.0, 0
+        for chunk in tqdm(
+            batches(len(train), batch_size, generator), desc=f"epoch {epoch}", leave=False
+        ):
+            tokens = encode([sequences[i] for i in chunk], max_length).to(device)
+            target = labels[chunk].to(device)
+            logits = model(tokens)
+            loss = nn.functional.cross_entropy(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(chunk)
+            correct += int((logits.argmax(-1) == target).sum())
+        val_metrics = evaluate(model, val, classes, batch_size=batch_size, max_length=max_length)
+        row = {
+            "epoch": epoch,
+            "train_loss": total_loss / len(train),
+            "train_accuracy": correct / len(train),
+            "val_loss": val_metrics["loss"],
+            "val_accuracy": val_metrics["accuracy"],
+        }
+        history.append(row)
+        log.info(
+            "epoch %(epoch)d train_loss %(train_loss).4f train_acc %(train_accuracy).3f "
+            "val_loss %(val_loss).4f val_acc %(val_accuracy).3f",
+            row,
+        )
+        if best is None or row["val_accuracy"] > best["val_accuracy"]:
+            best, best_state = row, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    test_metrics = evaluate(model, test, classes, batch_size=batch_size, max_length=max_length)
+    counts = test["ec_class"].value_counts()
+    metrics = {
+        "seed": seed,
+        "classes": classes,
+        "chance": 1 / len(classes),
+        "majority_baseline": float(counts.max() / counts.sum()),
+        "best_epoch": best["epoch"],
+        "history": history,
+        "validation": {"accuracy": best["val_accuracy"], "loss": best["val_loss"]},
+        "test": test_metrics,
+        "device": str(device),
+    }
+    log.info(
+        "best epoch %d: test accuracy %.4f macro-F1 %.4f",
+        best["epoch"],
+        test_metrics["accuracy"],
+        test_metrics["macro_f1"],
+    )
+    return model, classes, metrics

@@ -1,0 +1,300 @@
+"""One function per workflow step; Snakemake scripts call `run(snakemake, step)`.
+
+Each step takes plain paths and a params dict, so it runs (and is tested) without Snakemake.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from kneurons import data, io, model, scoring, selection, train
+
+log = logging.getLogger("kneurons")
+
+
+def run(smk, step) -> None:
+    """Run `step` with the job's input/output/params; log to the job's log file.
+
+    Progress bars and messages go to the log; a failure prints one line to the terminal.
+    """
+    log_path = smk.log[0] if smk.log else None
+    stderr = sys.stderr
+    handle = open(log_path, "w") if log_path else None  # noqa: SIM115 - closed below
+    if handle:
+        sys.stderr = handle
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    model.set_threads(smk.threads)
+    try:
+        step(smk.input, smk.output, dict(smk.params.items()), dict(smk.wildcards.items()))
+    except Exception as err:
+        traceback.print_exc()
+        print(f"error in {step.__name__}: {err}", file=stderr)
+        sys.exit(1)
+    finally:
+        if handle:
+            sys.stderr = stderr
+            handle.close()
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+def download(input, output, params, wildcards) -> None:
+    source = params["source"]
+    dropped: Counter = Counter()
+    info: dict = {"source": source}
+    if source == "synthetic":
+        s = params["synthetic"]
+        table = data.generate_synthetic(
+            n_per_class=s["n_per_class"],
+            min_length=s["min_length"],
+            max_length=s["max_length"],
+            seed=s["seed"],
+            classes=tuple(params["classes"]),
+            mutation_rate=s["mutation_rate"],
+            decoy_rate=s["decoy_rate"],
+        )
+        name = "synthetic"
+    elif source == "uniprot":
+        from kneurons import download as uniprot
+
+        u = params["uniprot"]
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "uniprot.tsv"
+            info["uniprot"] = uniprot.download_uniprot(
+                raw,
+                base_url=u["url"],
+                classes=tuple(params["classes"]),
+                per_class=u["per_class"],
+                min_length=params["min_length"],
+                max_length=params["max_length"],
+                seed=u["seed"],
+            )
+            table, dropped_read = data.read_table(raw)
+        dropped.update(dropped_read)
+        name = u["url"]
+    else:
+        t = params["table"]
+        path = t["path"]
+        if Path(path).suffix.lower() in (".fa", ".fasta", ".faa") or path.endswith(
+            (".fa.gz", ".fasta.gz")
+        ):
+            table, dropped_read = data.read_fasta(path)
+        else:
+            table, dropped_read = data.read_table(
+                path,
+                id_column=t["id_column"],
+                ec_column=t["ec_column"],
+                sequence_column=t["sequence_column"],
+            )
+        dropped.update(dropped_read)
+        name = Path(path).name
+    if source != "synthetic":
+        # entries fetched for several classes appear once per class; keep one
+        table = table.drop_duplicates(subset=["id", "sequence"]).reset_index(drop=True)
+        table, dropped_classes = data.assign_classes(table, params["classes"])
+        dropped.update(dropped_classes)
+    table, dropped_filter = data.filter_sequences(
+        table,
+        params["min_length"],
+        params["max_length"],
+        nonstandard=params["nonstandard"],
+        source=name,
+    )
+    dropped.update(dropped_filter)
+    info["dropped"] = dict(dropped)
+    info["class_counts"] = {
+        str(k): int(v) for k, v in table["ec_class"].value_counts().sort_index().items()
+    }
+    info["n_sequences"] = len(table)
+    for line in data.summarize_dropped(dropped).splitlines():
+        log.info("dropped: %s", line)
+    log.info("kept %d sequences; per class %s", len(table), info["class_counts"])
+    io.write_json(info, output.info)
+    io.write_tsv(table, output.table)
+
+
+def split(input, output, params, wildcards) -> None:
+    table = pd.read_csv(input.table, sep="\t", keep_default_na=False)
+    fractions = {k: params[k] for k in ("train", "validation", "test")}
+    result = data.stratified_split(table, fractions, seed=params["seed"])
+    counts = result.groupby(["split", "ec_class"]).size().unstack(fill_value=0)
+    log.info("split sizes per class:\n%s", counts.to_string())
+    io.write_tsv(result, output.split)
+
+
+def read_split(path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", keep_default_na=False)
+
+
+# --- model ------------------------------------------------------------------------------
+
+
+def prepare_model(input, output, params, wildcards) -> None:
+    name = params["name"]
+    if name == "tiny":
+        t = params["tiny"]
+        esm2 = model.build_tiny_esm2(
+            t["num_layers"], t["embed_dim"], t["attention_heads"], t["seed"]
+        )
+        log.info("built a tiny ESM-2: %s", model.esm_config(esm2))
+        model.save_esm_checkpoint(esm2, output.checkpoint)
+    else:
+        from kneurons.download import fetch_esm_checkpoint
+
+        fetch_esm_checkpoint(name, Path(output.checkpoint).parent)
+    esm2 = model.load_esm_checkpoint(output.checkpoint)
+    log.info(
+        "%s loads: %d parameters", output.checkpoint, sum(p.numel() for p in esm2.parameters())
+    )
+
+
+def finetune(input, output, params, wildcards) -> None:
+    device = model.pick_device(params["device"])
+    classifier, classes, metrics = train.finetune(
+        input.checkpoint,
+        read_split(input.split),
+        seed=int(wildcards["seed"]),
+        epochs=params["epochs"],
+        lr=params["lr"],
+        head_lr=params["head_lr"],
+        weight_decay=params["weight_decay"],
+        batch_size=params["batch_size"],
+        max_length=params["max_length"],
+        device=device,
+    )
+    model.save_classifier(classifier, classes, params["max_length"], output.model)
+    io.write_json(metrics, output.metrics)
+
+
+# --- neurons ----------------------------------------------------------------------------
+
+
+def scoring_subset(
+    split_path, classes, max_sequences: int, seed: int
+) -> tuple[list[str], list[int]]:
+    """The validation split, or a seeded subset of it: never the test split."""
+    val = read_split(split_path).query("split == 'validation'")
+    if len(val) > max_sequences:
+        val = val.sample(n=max_sequences, random_state=seed)
+    index = {c: k for k, c in enumerate(classes)}
+    return list(val["sequence"]), [index[c] for c in val["ec_class"]]
+
+
+def score(input, output, params, wildcards) -> None:
+    method, seed = wildcards["method"], int(wildcards["seed"])
+    device = model.pick_device(params.get("device", "cpu"))
+    classifier, meta = model.load_classifier(input.model, device)
+    modules = params["modules"]
+    if method == "random":
+        scores = scoring.random_scores(scoring.unit_counts(classifier, modules), seed)
+    else:
+        sequences, labels = scoring_subset(
+            input.split, meta["classes"], params["max_sequences"], seed
+        )
+        log.info("scoring %s on %d validation sequences", method, len(sequences))
+        if method == "activation":
+            scores = scoring.activation_scores(
+                classifier,
+                sequences,
+                modules,
+                batch_size=params["batch_size"],
+                max_length=meta["max_length"],
+            )
+        else:
+            scores = scoring.ig_scores(
+                classifier,
+                sequences,
+                labels,
+                int(wildcards["layer"]),
+                modules,
+                steps=params["ig_steps"],
+                rule=params["ig_rule"],
+                absolute=params["ig_abs"],
+                batch_size=params["batch_size"],
+                rows_per_pass=params["rows_per_pass"],
+                max_length=meta["max_length"],
+            )
+    io.write_tsv(scoring.scores_frame(scores), output.scores)
+
+
+def merge_scores(input, output, params, wildcards) -> None:
+    io.write_tsv(
+        pd.concat([pd.read_csv(p, sep="\t") for p in input.layers], ignore_index=True),
+        output.scores,
+    )
+
+
+def evaluate(input, output, params, wildcards) -> None:
+    ratio = float(wildcards["ratio"])
+    classifier, meta = model.load_classifier(
+        input.model, model.pick_device(params.get("device", "cpu"))
+    )
+    scores = pd.read_csv(input.scores, sep="\t")
+    selected = selection.select(scores, ratio, params["normalize"])
+    test = read_split(input.split).query("split == 'test'")
+    with torch.no_grad():
+        metrics = train.evaluate(
+            classifier,
+            test,
+            meta["classes"],
+            batch_size=params["batch_size"],
+            max_length=meta["max_length"],
+            keep=selection.keep_masks(selected),
+        )
+    kept = selection.kept_counts(selected)
+    result = {
+        "seed": int(wildcards["seed"]),
+        "method": wildcards["method"],
+        "retention": ratio,
+        "normalize": params["normalize"],
+        "n_neurons_total": int(len(selected)),
+        "n_kept": int(selected["kept"].sum()),
+        "test": metrics,
+        "kept": kept,
+    }
+    log.info(
+        "%s at %.4g: kept %d of %d, test accuracy %.4f",
+        wildcards["method"],
+        ratio,
+        result["n_kept"],
+        result["n_neurons_total"],
+        metrics["accuracy"],
+    )
+    io.write_json(result, output.metrics)
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def aggregate(input, output, params, wildcards) -> None:
+    from kneurons import report
+
+    report.write_outputs(
+        list(input.finetune),
+        list(input.evaluations),
+        output.summary,
+        output.density,
+        output.markdown,
+    )
+
+
+def plots(input, output, params, wildcards) -> None:
+    from kneurons import plots as plotting
+
+    plotting.make_all_plots(
+        input.summary, input.density, list(input.finetune), Path(output[0]).parent, params
+    )

@@ -1,0 +1,135 @@
+import re
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+validate(config, "../schemas/config.schema.yaml", set_default=True)
+
+
+def config_error(key, problem):
+    raise ValueError(f"config key '{key}': {problem}")
+
+
+def check_config():
+    fractions = config["split"]
+    total = fractions["train"] + fractions["validation"] + fractions["test"]
+    if abs(total - 1) > 1e-6:
+        config_error("split", f"train + validation + test must be 1, got {total:g}")
+    data = config["data"]
+    if data["min_length"] > data["max_length"]:
+        config_error("data.min_length", "is larger than data.max_length")
+    synthetic = data["synthetic"]
+    if synthetic["min_length"] > synthetic["max_length"]:
+        config_error(
+            "data.synthetic.min_length", "is larger than data.synthetic.max_length"
+        )
+    if data["source"] == "table":
+        path = data["table"]["path"]
+        if not path:
+            config_error("data.table.path", "is empty but data.source is 'table'")
+        if not Path(path).is_file():
+            config_error("data.table.path", f"{path} does not exist")
+    tiny = config["model"]["tiny"]
+    if tiny["embed_dim"] % tiny["attention_heads"]:
+        config_error(
+            "model.tiny.embed_dim", "must be divisible by model.tiny.attention_heads"
+        )
+    name = config["model"]["name"]
+    if name.endswith(".pt"):
+        if not Path(name).is_file():
+            config_error("model.name", f"{name} does not exist")
+        if not Path(name).name.startswith("esm2"):
+            config_error(
+                "model.name",
+                f"{name}: an ESM-2 checkpoint file name starts with 'esm2'",
+            )
+        if "num_layers" not in config["model"]:
+            config_error(
+                "model.num_layers", "is required when model.name is a checkpoint path"
+            )
+
+
+check_config()
+
+SEEDS = config["seeds"]
+METHODS = config["scoring"]["methods"]
+RATIOS = config["sweep"]["retention_ratios"]
+
+
+wildcard_constraints:
+    seed=r"\d+",
+    method="|".join(["ig", "activation", "random"]),
+    layer=r"\d+",
+    ratio=r"[0-9.]+",
+
+
+def model_checkpoint():
+    name = config["model"]["name"]
+    if name.endswith(".pt"):
+        return name
+    if name == "tiny":
+        return "resources/models/esm2_tiny.pt"
+    return f"resources/models/{name}.pt"
+
+
+def num_layers():
+    name = config["model"]["name"]
+    if name == "tiny":
+        return config["model"]["tiny"]["num_layers"]
+    if name.endswith(".pt"):
+        return config["model"]["num_layers"]
+    return int(re.match(r"esm2_t(\d+)_", name).group(1))
+
+
+def download_params():
+    """Only the active source's settings, so editing another source reruns nothing."""
+    data = config["data"]
+    keys = ["source", "classes", "min_length", "max_length", "nonstandard"]
+    params = {key: data[key] for key in keys}
+    params[data["source"]] = data[data["source"]]
+    return params
+
+
+def scores_table(wildcards):
+    return f"results/scores/seed{wildcards.seed}/{wildcards.method}.tsv"
+
+
+def ig_layer_tables(wildcards):
+    return expand(
+        "results/scores/seed{seed}/ig/layer{layer}.tsv",
+        seed=wildcards.seed,
+        layer=range(num_layers()),
+    )
+
+
+def evaluation_files():
+    return expand(
+        "results/evaluation/seed{seed}/{method}/retention{ratio}.json",
+        seed=SEEDS,
+        method=METHODS,
+        ratio=RATIOS,
+    )
+
+
+def finetune_metrics():
+    return expand("results/finetune/seed{seed}/metrics.json", seed=SEEDS)
+
+
+PLOTS = [
+    "accuracy_vs_retention",
+    "density_heatmaps",
+    "enrichment_heatmaps",
+    "module_enrichment",
+]
+
+
+def final_outputs():
+    return [
+        "results/summary.tsv",
+        "results/density.tsv",
+        "results/summary.md",
+        *expand("results/plots/{plot}.{ext}", plot=PLOTS, ext=["png", "pdf"]),
+    ]

@@ -1,0 +1,32 @@
+rule download:
+    output:
+        table="results/data/sequences.tsv",
+        info="results/data/download.json",
+    log:
+        "results/logs/download.log",
+    benchmark:
+        "results/benchmarks/download.tsv"
+    retries: 2
+    conda:
+        "../../envs/kneurons.yaml"
+    params:
+        **download_params(),
+    script:
+        "../scripts/download.py"
+
+
+rule split:
+    input:
+        table=rules.download.output.table,
+    output:
+        split="results/data/split.tsv",
+    log:
+        "results/logs/split.log",
+    benchmark:
+        "results/benchmarks/split.tsv"
+    conda:
+        "../../envs/kneurons.yaml"
+    params:
+        **config["split"],
+    script:
+        "../scripts/split.py"

@@ -1,0 +1,58 @@
+rule prepare_model:
+    output:
+        checkpoint="resources/models/esm2_tiny.pt",
+        regression="resources/models/esm2_tiny-contact-regression.pt",
+    log:
+        "results/logs/prepare_model.log",
+    benchmark:
+        "results/benchmarks/prepare_model.tsv"
+    conda:
+        "../../envs/kneurons.yaml"
+    params:
+        name="tiny",
+        tiny=config["model"]["tiny"],
+    script:
+        "../scripts/prepare_model.py"
+
+
+# Pretrained weights come from the internet, which cluster nodes often lack.
+rule fetch_pretrained_model:
+    output:
+        checkpoint="resources/models/{name}.pt",
+        regression="resources/models/{name}-contact-regression.pt",
+    log:
+        "results/logs/fetch_pretrained_model/{name}.log",
+    benchmark:
+        "results/benchmarks/fetch_pretrained_model/{name}.tsv"
+    wildcard_constraints:
+        name=r"esm2_t\d+_\w+_UR50D",
+    retries: 2
+    localrule: True
+    conda:
+        "../../envs/kneurons.yaml"
+    params:
+        name=lambda wildcards: wildcards.name,
+    script:
+        "../scripts/prepare_model.py"
+
+
+rule finetune:
+    input:
+        checkpoint=model_checkpoint(),
+        split=rules.split.output.split,
+    output:
+        model="results/finetune/seed{seed}/model.pt",
+        metrics="results/finetune/seed{seed}/metrics.json",
+    log:
+        "results/logs/finetune/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/finetune/seed{seed}.tsv"
+    conda:
+        "../../envs/kneurons.yaml"
+    threads: 2
+    resources:
+        gpu=1 if config["finetune"]["device"].startswith("cuda") else 0,
+    params:
+        **config["finetune"],
+    script:
+        "../scripts/finetune.py"

@@ -1,0 +1,3 @@
+from kneurons.workflow import evaluate, run
+
+run(snakemake, evaluate)  # noqa: F821 - injected by Snakemake

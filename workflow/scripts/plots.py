@@ -1,0 +1,3 @@
+from kneurons.workflow import plots, run
+
+run(snakemake, plots)  # noqa: F821 - injected by Snakemake

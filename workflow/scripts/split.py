@@ -1,0 +1,3 @@
+from kneurons.workflow import run, split
+
+run(snakemake, split)  # noqa: F821 - injected by Snakemake
