@@ -110,7 +110,9 @@ def activation_scores(
     finally:
         for h in handles:
             h.remove()
-    return {key: sums[key] / len(sequences) for key in ((l, m) for l in layers for m in modules)}
+    return {
+        key: sums[key] / len(sequences) for key in ((layer, m) for layer in layers for m in modules)
+    }
 
 
 def ig_scores(
