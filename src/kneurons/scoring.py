@@ -225,3 +225,50 @@ def unit_counts(model: EnzymeClassifier, modules: Sequence[str]) -> dict[tuple[i
         for layer in range(model.num_layers)
         for m in modules
     }
+
+
+def ig_scores_reference(
+    model: EnzymeClassifier,
+    sequences: Sequence[str],
+    labels: Sequence[int],
+    layer: int,
+    modules: Sequence[str],
+    *,
+    steps: int = 20,
+    rule: str = "riemann_left",
+    absolute: bool = False,
+    max_length: int | None = None,
+) -> dict[tuple[int, str], torch.Tensor]:
+    """The straightforward computation: one sequence, one path step, the whole model each time.
+
+    Slow; it defines the numbers the engine must reproduce (tests, benchmarks/).
+    """
+    model.eval()
+    alphas, weights = quadrature(rule, steps)
+    totals = {}
+    for module in modules:
+        target_module = linear(model.esm, layer, module)
+        total = 0
+        for sequence, label in zip(sequences, labels, strict=True):
+            tokens = encode([sequence], max_length).to(next(model.parameters()).device)
+            integrated = 0
+            for alpha, weight in zip(alphas.tolist(), weights.tolist(), strict=True):
+                captured = {}
+
+                def scale(_mod, _inp, out, alpha=alpha, captured=captured):
+                    captured["output"] = out.detach()
+                    captured["scaled"] = (out.detach() * alpha).requires_grad_(True)
+                    return captured["scaled"].clone()
+
+                handle = target_module.register_forward_hook(scale)
+                try:
+                    with torch.enable_grad():
+                        p_true = model(tokens).softmax(-1)[0, label]
+                        (grad,) = torch.autograd.grad(p_true, captured["scaled"])
+                finally:
+                    handle.remove()
+                integrated = integrated + weight * grad
+            attribution = (captured["output"] * integrated).sum(0)[0]  # sum over positions
+            total = total + (attribution.abs() if absolute else attribution).double()
+        totals[(layer, module)] = total.cpu() / len(sequences)
+    return totals

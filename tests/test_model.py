@@ -1,0 +1,138 @@
+import esm
+import pytest
+import torch
+
+from kneurons.model import (
+    MODULES,
+    EnzymeClassifier,
+    ablated,
+    build_tiny_esm2,
+    encode,
+    linear,
+    load_classifier,
+    load_esm_checkpoint,
+    module_name,
+    regression_path,
+    save_classifier,
+    save_esm_checkpoint,
+)
+from kneurons.train import classification_metrics, predict_proba
+
+from conftest import SEQUENCES
+
+
+def test_tiny_model_has_the_real_module_names():
+    esm2 = build_tiny_esm2(2, 16, 2, seed=0)
+    names = {name for name, _ in esm2.named_modules()}
+    for layer in range(2):
+        for module in MODULES:
+            assert module_name(layer, module) in names
+    assert "layers.1.self_attn.k_proj" in names and "layers.0.fc2" in names
+    assert linear(esm2, 0, "fc1").out_features == 64
+
+
+def test_checkpoint_in_fair_esm_format_round_trips(tmp_path):
+    esm2 = build_tiny_esm2(2, 16, 2, seed=3)
+    path = tmp_path / "esm2_tiny.pt"
+    save_esm_checkpoint(esm2, path)
+    assert regression_path(path).exists()
+    # fair-esm's own loader reads it (it needs the weights_only=False default of old torch)
+    with torch.serialization.safe_globals([__import__("argparse").Namespace]):
+        via_esm, alphabet = esm.pretrained.load_model_and_alphabet_local(str(path))
+    ours = load_esm_checkpoint(path)
+    tokens = encode(["MKTAYIAK"])
+    with torch.no_grad():
+        expected = esm2(tokens)["logits"]
+        assert torch.equal(ours(tokens)["logits"], expected)
+        assert torch.equal(via_esm(tokens)["logits"], expected)
+    assert alphabet.padding_idx == ours.padding_idx
+
+
+def test_bad_checkpoint_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "esm2_bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="esm2_bad.pt: not a readable fair-esm checkpoint"):
+        load_esm_checkpoint(bad)
+
+
+def test_classifier_matches_esm2_forward_and_round_trips(tmp_path, tiny_classifier):
+    tokens = encode(SEQUENCES)
+    with torch.no_grad():
+        reps = tiny_classifier.esm(tokens, repr_layers=[3])["representations"][3]
+        x, padding = tiny_classifier.embed(tokens)
+        ours = tiny_classifier.esm.emb_layer_norm_after(
+            tiny_classifier.run_layers(x, padding)
+        ).transpose(0, 1)
+    assert torch.allclose(reps, ours)
+    # a float32 model (fair-esm caches rotary tables per dtype: build, don't convert)
+    float_model = EnzymeClassifier(build_tiny_esm2(2, 16, 2, seed=1), 6).eval()
+    save_classifier(float_model, [1, 2, 3, 4, 5, 6], 100, tmp_path / "m.pt")
+    loaded, meta = load_classifier(tmp_path / "m.pt")
+    assert meta == {"classes": [1, 2, 3, 4, 5, 6], "max_length": 100}
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), float_model(tokens))
+
+
+def test_padding_does_not_change_predictions(tiny_classifier):
+    alone = predict_proba(tiny_classifier, SEQUENCES[:1], batch_size=1)
+    padded = predict_proba(tiny_classifier, SEQUENCES, batch_size=4)
+    assert torch.allclose(alone[0], padded[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ablated_unit_outputs_zero_and_changes_the_output(tiny_classifier, module):
+    target = linear(tiny_classifier.esm, 1, module)
+    keep = torch.ones(target.out_features, dtype=torch.bool)
+    keep[::3] = False
+    seen = {}
+    handle = target.register_forward_hook(lambda m, i, o: seen.setdefault("out", o.clone()))
+    tokens = encode(SEQUENCES)
+    with torch.no_grad():
+        before = tiny_classifier(tokens)
+        seen.clear()
+        with ablated(tiny_classifier, {(1, module): keep}):
+            after = tiny_classifier(tokens)
+    handle.remove()
+    # the hook of `ablated` runs after ours, so check the zeroing on the final output instead
+    assert not torch.allclose(before, after)
+    with torch.no_grad(), ablated(tiny_classifier, {(1, module): keep}):
+        outputs = {}
+        h = target.register_forward_hook(lambda m, i, o: outputs.setdefault("o", o))
+        # hooks run in registration order: ablated's first, so ours sees the ablated output
+        tiny_classifier(tokens)
+        h.remove()
+    assert torch.all(outputs["o"][..., ~keep] == 0)
+    assert torch.any(outputs["o"][..., keep] != 0)
+    # zeroing the weight rows and bias is the same thing
+    with torch.no_grad():
+        w, b = target.weight.clone(), target.bias.clone()
+        target.weight[~keep] = 0
+        target.bias[~keep] = 0
+        zeroed = tiny_classifier(tokens)
+        target.weight.copy_(w)
+        target.bias.copy_(b)
+    assert torch.allclose(zeroed, after, atol=1e-12)
+
+
+def test_keeping_everything_reproduces_predictions_exactly(tiny_classifier):
+    keep = {
+        (layer, m): torch.ones(linear(tiny_classifier.esm, layer, m).out_features, dtype=torch.bool)
+        for layer in range(3)
+        for m in MODULES
+    }
+    assert torch.equal(
+        predict_proba(tiny_classifier, SEQUENCES),
+        predict_proba(tiny_classifier, SEQUENCES, keep=keep),
+    )
+
+
+def test_classification_metrics_by_hand():
+    metrics = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], classes=[1, 2, 3])
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["per_class_accuracy"] == {"1": 0.5, "2": 1.0, "3": 0.0}
+    # F1: class1 p=.5 r=.5 -> .5; class2 p=2/3 r=1 -> .8; class3 0
+    assert metrics["macro_f1"] == pytest.approx((0.5 + 0.8 + 0) / 3)
+
+
+def test_classifier_is_an_nn_module():
+    assert isinstance(EnzymeClassifier(build_tiny_esm2(1, 8, 2, 0), 3), torch.nn.Module)
