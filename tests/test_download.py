@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import requests
 import torch
-from fake_uniprot import Entry, FakeServer, Fault
 
 from kneurons import download as dl
 from kneurons.download import (
@@ -21,6 +20,8 @@ from kneurons.download import (
     fetch_esm_checkpoint,
     load_checkpoint,
 )
+
+from fake_uniprot import Entry, FakeServer, Fault
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 IN_RANGE = 25  # entries per class within [50, 1000]

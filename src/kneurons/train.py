@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 
@@ -96,6 +97,18 @@ def evaluate(
     return metrics
 
 
+def warmup_cosine(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def finetune(
     checkpoint: str,
     split: pd.DataFrame,
@@ -125,6 +138,8 @@ def finetune(
         ],
         weight_decay=weight_decay,
     )
+    steps_per_epoch = -(-len(train) // batch_size)
+    scheduler = warmup_cosine(optimizer, warmup=steps_per_epoch, total=epochs * steps_per_epoch)
     labels = torch.tensor([index[c] for c in train["ec_class"]])
     sequences = list(train["sequence"])
     generator = torch.Generator().manual_seed(seed)
@@ -148,6 +163,7 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             total_loss += loss.item() * len(chunk)
             correct += int((logits.argmax(-1) == target).sum())
         val_metrics = evaluate(model, val, classes, batch_size=batch_size, max_length=max_length)

@@ -194,40 +194,49 @@ def scoring_subset(
     return list(val["sequence"]), [index[c] for c in val["ec_class"]]
 
 
-def score(input, output, params, wildcards) -> None:
-    method, seed = wildcards["method"], int(wildcards["seed"])
-    device = model.pick_device(params.get("device", "cpu"))
-    classifier, meta = model.load_classifier(input.model, device)
-    modules = params["modules"]
-    if method == "random":
-        scores = scoring.random_scores(scoring.unit_counts(classifier, modules), seed)
-    else:
-        sequences, labels = scoring_subset(
-            input.split, meta["classes"], params["max_sequences"], seed
-        )
-        log.info("scoring %s on %d validation sequences", method, len(sequences))
-        if method == "activation":
-            scores = scoring.activation_scores(
-                classifier,
-                sequences,
-                modules,
-                batch_size=params["batch_size"],
-                max_length=meta["max_length"],
-            )
-        else:
-            scores = scoring.ig_scores(
-                classifier,
-                sequences,
-                labels,
-                int(wildcards["layer"]),
-                modules,
-                steps=params["ig_steps"],
-                rule=params["ig_rule"],
-                absolute=params["ig_abs"],
-                batch_size=params["batch_size"],
-                rows_per_pass=params["rows_per_pass"],
-                max_length=meta["max_length"],
-            )
+def score_random(input, output, params, wildcards) -> None:
+    classifier, _ = model.load_classifier(input.model)
+    counts = scoring.unit_counts(classifier, params["modules"])
+    scores = scoring.random_scores(counts, int(wildcards["seed"]))
+    io.write_tsv(scoring.scores_frame(scores), output.scores)
+
+
+def score_activation(input, output, params, wildcards) -> None:
+    classifier, meta = model.load_classifier(input.model, model.pick_device(params["device"]))
+    sequences, _ = scoring_subset(
+        input.split, meta["classes"], params["max_sequences"], int(wildcards["seed"])
+    )
+    log.info("activation scores on %d validation sequences", len(sequences))
+    scores = scoring.activation_scores(
+        classifier,
+        sequences,
+        params["modules"],
+        batch_size=params["batch_size"],
+        max_length=meta["max_length"],
+    )
+    io.write_tsv(scoring.scores_frame(scores), output.scores)
+
+
+def score_ig_layer(input, output, params, wildcards) -> None:
+    classifier, meta = model.load_classifier(input.model, model.pick_device(params["device"]))
+    sequences, labels = scoring_subset(
+        input.split, meta["classes"], params["max_sequences"], int(wildcards["seed"])
+    )
+    layer = int(wildcards["layer"])
+    log.info("IG of layer %d on %d validation sequences", layer, len(sequences))
+    scores = scoring.ig_scores(
+        classifier,
+        sequences,
+        labels,
+        layer,
+        params["modules"],
+        steps=params["ig_steps"],
+        rule=params["ig_rule"],
+        absolute=params["ig_abs"],
+        batch_size=params["batch_size"],
+        rows_per_pass=params["rows_per_pass"],
+        max_length=meta["max_length"],
+    )
     io.write_tsv(scoring.scores_frame(scores), output.scores)
 
 

@@ -27,7 +27,7 @@ rule score_ig_layer:
             "device",
         ),
     script:
-        "../scripts/score.py"
+        "../scripts/score_ig_layer.py"
 
 
 rule merge_ig_layers:
@@ -61,7 +61,7 @@ rule score_activation:
     params:
         **scoring_params("modules", "max_sequences", "batch_size", "device"),
     script:
-        "../scripts/score.py"
+        "../scripts/score_activation.py"
 
 
 rule score_random:
@@ -78,7 +78,7 @@ rule score_random:
     params:
         **scoring_params("modules"),
     script:
-        "../scripts/score.py"
+        "../scripts/score_random.py"
 
 
 rule evaluate:

@@ -1,0 +1,75 @@
+"""End to end through the Snakemake CLI on a very small config."""
+
+import json
+
+import pandas as pd
+import pytest
+from workflow_helpers import make_workdir, snakemake
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    path = make_workdir(tmp_path_factory.mktemp("run"))
+    snakemake(path)
+    return path
+
+
+def test_full_run_writes_every_stage(finished_run):
+    path = finished_run
+    table = pd.read_csv(path / "results/data/sequences.tsv", sep="\t")
+    assert list(table.columns) == ["id", "sequence", "ec_numbers", "ec_class", "motifs"]
+    assert table["ec_class"].value_counts().to_dict() == {c: 12 for c in range(1, 7)}
+    split = pd.read_csv(path / "results/data/split.tsv", sep="\t")
+    assert set(split["split"]) == {"train", "validation", "test"}
+    assert (path / "resources/models/esm2_tiny.pt").exists()
+    metrics = json.loads((path / "results/finetune/seed0/metrics.json").read_text())
+    assert metrics["chance"] == pytest.approx(1 / 6)
+    assert 0 <= metrics["test"]["accuracy"] <= 1
+    assert (path / "results/finetune/seed0/model.pt").exists()
+    scores = pd.read_csv(path / "results/scores/seed0/ig.tsv", sep="\t")
+    # 2 layers x (4 x 16 attention + 64 fc1 + 16 fc2) units
+    assert len(scores) == 2 * (4 * 16 + 64 + 16)
+    summary = pd.read_csv(path / "results/summary.tsv", sep="\t")
+    assert set(summary["method"]) == {"full", "ig", "activation", "random"}
+    density = pd.read_csv(path / "results/density.tsv", sep="\t")
+    assert (density["density"] <= 1).all()
+    for name in ["accuracy_vs_retention", "density_heatmaps", "module_enrichment"]:
+        assert (path / f"results/plots/{name}.png").stat().st_size > 1000
+    assert (path / "results/summary.md").read_text().strip()
+    for rule in ["download", "split", "prepare_model", "aggregate", "plots"]:
+        assert (path / f"results/benchmarks/{rule}.tsv").exists()
+        assert (path / f"results/logs/{rule}.log").exists()
+
+
+def test_second_run_has_nothing_to_do(finished_run):
+    result = snakemake(finished_run, "--dry-run")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_same_config_same_numbers(finished_run, tmp_path):
+    again = make_workdir(tmp_path)
+    snakemake(again, "results/finetune/seed0/metrics.json", "results/scores/seed0/ig.tsv")
+    for name in ["results/data/split.tsv", "results/scores/seed0/ig.tsv"]:
+        assert (again / name).read_text() == (finished_run / name).read_text()
+    first = json.loads((finished_run / "results/finetune/seed0/metrics.json").read_text())
+    second = json.loads((again / "results/finetune/seed0/metrics.json").read_text())
+    assert first["history"] == second["history"] and first["test"] == second["test"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"sweep": {"retention_ratios": [1.5]}}, "retention_ratios"),
+        ({"scoring": {"methods": ["saliency"]}}, "methods"),
+        ({"finetune": {"epochs": -1}}, "epochs"),
+        ({"model": {"name": "esm3_huge"}}, "name"),
+        ({"typo_key": 1}, "typo_key"),
+        ({"data": {"source": "table", "table": {"path": "missing.tsv"}}}, "data.table.path"),
+    ],
+)
+def test_bad_config_is_rejected_naming_the_key(tmp_path, override, message):
+    path = make_workdir(tmp_path, override)
+    result = snakemake(path, "--dry-run", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (path / "results").exists()

@@ -1,0 +1,3 @@
+from kneurons.workflow import run, score_activation
+
+run(snakemake, score_activation)  # noqa: F821 - injected by Snakemake
