@@ -13,9 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from kneurons import data, io, model, scoring, selection, train
+# torch and the modules that need it are imported inside the steps that use them, so the data
+# steps (and their failures) start in about a second.
+from kneurons import data, io
+
+TORCH_FREE_STEPS = {"download", "split"}
 
 log = logging.getLogger("kneurons")
 
@@ -36,7 +39,10 @@ def run(smk, step) -> None:
         stream=sys.stderr,
         force=True,
     )
-    model.set_threads(smk.threads)
+    if step.__name__ not in TORCH_FREE_STEPS:
+        from kneurons import model
+
+        model.set_threads(smk.threads)
     try:
         step(smk.input, smk.output, dict(smk.params.items()), dict(smk.wildcards.items()))
     except Exception as err:
@@ -82,26 +88,26 @@ def download(input, output, params, wildcards) -> None:
                 min_length=params["min_length"],
                 max_length=params["max_length"],
                 seed=u["seed"],
+                retries=u.get("retries", 5),
+                timeout=u.get("timeout", 30),
             )
             table, dropped_read = data.read_table(raw)
+        info["release"] = info["uniprot"]["release"]
+        info["release_date"] = info["uniprot"]["release_date"]
         dropped.update(dropped_read)
         name = u["url"]
     else:
         t = params["table"]
         path = t["path"]
-        if Path(path).suffix.lower() in (".fa", ".fasta", ".faa") or path.endswith(
-            (".fa.gz", ".fasta.gz")
-        ):
-            table, dropped_read = data.read_fasta(path)
-        else:
-            table, dropped_read = data.read_table(
-                path,
-                id_column=t["id_column"],
-                ec_column=t["ec_column"],
-                sequence_column=t["sequence_column"],
-            )
+        table, dropped_read = data.read_input(
+            path,
+            id_column=t["id_column"],
+            ec_column=t["ec_column"],
+            sequence_column=t["sequence_column"],
+        )
         dropped.update(dropped_read)
-        name = Path(path).name
+        info["table"] = str(Path(path).resolve())
+        name = path
     if source != "synthetic":
         # entries fetched for several classes appear once per class; keep one
         table = table.drop_duplicates(subset=["id", "sequence"]).reset_index(drop=True)
@@ -128,7 +134,7 @@ def download(input, output, params, wildcards) -> None:
 
 
 def split(input, output, params, wildcards) -> None:
-    table = pd.read_csv(input.table, sep="\t", keep_default_na=False)
+    table = data.read_labelled(input.table)
     fractions = {k: params[k] for k in ("train", "validation", "test")}
     result = data.stratified_split(table, fractions, seed=params["seed"])
     counts = result.groupby(["split", "ec_class"]).size().unstack(fill_value=0)
@@ -144,6 +150,8 @@ def read_split(path) -> pd.DataFrame:
 
 
 def prepare_model(input, output, params, wildcards) -> None:
+    from kneurons import model
+
     name = params["name"]
     if name == "tiny":
         t = params["tiny"]
@@ -163,6 +171,8 @@ def prepare_model(input, output, params, wildcards) -> None:
 
 
 def finetune(input, output, params, wildcards) -> None:
+    from kneurons import model, train
+
     device = model.pick_device(params["device"])
     classifier, classes, metrics = train.finetune(
         input.checkpoint,
@@ -195,6 +205,8 @@ def scoring_subset(
 
 
 def score_random(input, output, params, wildcards) -> None:
+    from kneurons import model, scoring
+
     classifier, _ = model.load_classifier(input.model)
     counts = scoring.unit_counts(classifier, params["modules"])
     scores = scoring.random_scores(counts, int(wildcards["seed"]))
@@ -202,6 +214,8 @@ def score_random(input, output, params, wildcards) -> None:
 
 
 def score_activation(input, output, params, wildcards) -> None:
+    from kneurons import model, scoring
+
     classifier, meta = model.load_classifier(input.model, model.pick_device(params["device"]))
     sequences, _ = scoring_subset(
         input.split, meta["classes"], params["max_sequences"], int(wildcards["seed"])
@@ -218,6 +232,8 @@ def score_activation(input, output, params, wildcards) -> None:
 
 
 def score_ig_layer(input, output, params, wildcards) -> None:
+    from kneurons import model, scoring
+
     classifier, meta = model.load_classifier(input.model, model.pick_device(params["device"]))
     sequences, labels = scoring_subset(
         input.split, meta["classes"], params["max_sequences"], int(wildcards["seed"])
@@ -248,6 +264,10 @@ def merge_scores(input, output, params, wildcards) -> None:
 
 
 def evaluate(input, output, params, wildcards) -> None:
+    import torch
+
+    from kneurons import model, selection, train
+
     ratio = float(wildcards["ratio"])
     classifier, meta = model.load_classifier(
         input.model, model.pick_device(params.get("device", "cpu"))
