@@ -136,7 +136,12 @@ def download(input, output, params, wildcards) -> None:
 def split(input, output, params, wildcards) -> None:
     table = data.read_labelled(input.table)
     fractions = {k: params[k] for k in ("train", "validation", "test")}
-    result = data.stratified_split(table, fractions, seed=params["seed"])
+    try:
+        result = data.stratified_split(table, fractions, seed=params["seed"])
+    except data.DataError as err:
+        raise data.DataError(
+            f"{input.table}: {err}; add sequences or remove the class from data.classes"
+        ) from None
     counts = result.groupby(["split", "ec_class"]).size().unstack(fill_value=0)
     log.info("split sizes per class:\n%s", counts.to_string())
     io.write_tsv(result, output.split)
