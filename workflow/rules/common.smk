@@ -1,6 +1,11 @@
+import ast
+import hashlib
+import importlib.util
 import re
+from functools import cache
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -66,6 +71,62 @@ wildcard_constraints:
     ratio=r"[0-9.]+",
 
 
+# --- code versions ------------------------------------------------------------------------
+# A rule's scripts are one line (`run(snakemake, step)`); the code that decides its results
+# is in the kneurons package. Each rule gets `code=code_version(<modules>)` as a param, so
+# with the default rerun triggers (params among them) an edit of e.g. kneurons/scoring.py
+# reruns the scoring rules and what follows them, and leaves finetune alone.
+# The hash covers the listed modules plus the kneurons modules they import (transitively),
+# read from the installed (editable) package, not from a copy of the workflow.
+# Left out everywhere: kneurons.io (atomic writes, TSV/JSON reading and writing) and
+# kneurons.workflow (glue passing paths and params to the modules). Every rule uses them,
+# so hashing them would rerun the whole DAG for a log message or a refactor; after a change
+# there that alters results, rerun the affected rules with `--forcerun RULE`.
+UNHASHED_MODULES = {"io", "workflow"}
+
+
+@cache
+def package_dir():
+    spec = importlib.util.find_spec("kneurons")
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkflowError("the kneurons package is not installed: pip install -e .")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@cache
+def module_imports(name):
+    """kneurons modules that module `name` imports at the top level or inside functions."""
+    tree = ast.parse((package_dir() / f"{name}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "kneurons":
+                found.update(alias.name for alias in node.names)
+            elif node.module.startswith("kneurons."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("kneurons."):
+                    found.add(alias.name.split(".")[1])
+    return frozenset(found - UNHASHED_MODULES)
+
+
+@cache
+def code_version(*names):
+    """Short hash of the source of modules `names` and the kneurons modules they import."""
+    todo, seen = list(names), set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(module_imports(name))
+    digest = hashlib.sha256()
+    for name in sorted(seen):
+        digest.update(name.encode() + b"\0")
+        digest.update((package_dir() / f"{name}.py").read_bytes())
+    return f"{'+'.join(sorted(seen))}:{digest.hexdigest()[:12]}"
+
+
 def model_checkpoint():
     name = config["model"]["name"]
     if name.endswith(".pt"):
@@ -91,6 +152,11 @@ def download_params():
     params = {key: data[key] for key in keys}
     params[data["source"]] = data[data["source"]]
     return params
+
+
+def scoring_params(*keys):
+    """Only the scoring settings a rule uses, so a change of another reruns nothing."""
+    return {key: config["scoring"][key] for key in keys}
 
 
 def scores_table(wildcards):
@@ -124,6 +190,15 @@ PLOTS = [
     "enrichment_heatmaps",
     "module_enrichment",
 ]
+
+
+def plot_outputs():
+    """The plots: PNGs go into `snakemake --report`, each with a caption."""
+    pngs = []
+    for plot in PLOTS:
+        png = f"results/plots/{plot}.png"
+        pngs.append(report(png, caption=f"../report/{plot}.rst", category="Plots"))
+    return pngs + expand("results/plots/{plot}.pdf", plot=PLOTS)
 
 
 def final_outputs():

@@ -7,10 +7,13 @@ rule download:
     benchmark:
         "results/benchmarks/download.tsv"
     retries: 2
+    # on a cluster, downloads run on the submit host: compute nodes often lack internet
+    localrule: True
     conda:
         "../../envs/kneurons.yaml"
     params:
         **download_params(),
+        code=code_version("data", "download"),
     script:
         "../scripts/download.py"
 
@@ -28,5 +31,6 @@ rule split:
         "../../envs/kneurons.yaml"
     params:
         **config["split"],
+        code=code_version("data"),
     script:
         "../scripts/split.py"

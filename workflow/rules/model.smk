@@ -11,6 +11,7 @@ rule prepare_model:
     params:
         name="tiny",
         tiny=config["model"]["tiny"],
+        code=code_version("model"),
     script:
         "../scripts/prepare_model.py"
 
@@ -32,6 +33,7 @@ rule fetch_pretrained_model:
         "../../envs/kneurons.yaml"
     params:
         name=lambda wildcards: wildcards.name,
+        code=code_version("model", "download"),
     script:
         "../scripts/prepare_model.py"
 
@@ -54,5 +56,6 @@ rule finetune:
         gpu=1 if config["finetune"]["device"].startswith("cuda") else 0,
     params:
         **config["finetune"],
+        code=code_version("model", "train"),
     script:
         "../scripts/finetune.py"

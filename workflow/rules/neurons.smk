@@ -1,7 +1,3 @@
-def scoring_params(*keys):
-    return {key: config["scoring"][key] for key in keys}
-
-
 rule score_ig_layer:
     input:
         model=rules.finetune.output.model,
@@ -26,6 +22,7 @@ rule score_ig_layer:
             "rows_per_pass",
             "device",
         ),
+        code=code_version("model", "scoring"),
     script:
         "../scripts/score_ig_layer.py"
 
@@ -60,6 +57,7 @@ rule score_activation:
     threads: 2
     params:
         **scoring_params("modules", "max_sequences", "batch_size", "device"),
+        code=code_version("model", "scoring"),
     script:
         "../scripts/score_activation.py"
 
@@ -77,6 +75,7 @@ rule score_random:
         "../../envs/kneurons.yaml"
     params:
         **scoring_params("modules"),
+        code=code_version("model", "scoring"),
     script:
         "../scripts/score_random.py"
 
@@ -97,5 +96,6 @@ rule evaluate:
     params:
         normalize=config["scoring"]["normalize"],
         batch_size=config["sweep"]["batch_size"],
+        code=code_version("model", "train", "selection"),
     script:
         "../scripts/evaluate.py"

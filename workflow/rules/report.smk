@@ -3,8 +3,12 @@ rule aggregate:
         finetune=finetune_metrics(),
         evaluations=evaluation_files(),
     output:
-        summary="results/summary.tsv",
-        density="results/density.tsv",
+        summary=report(
+            "results/summary.tsv", caption="../report/summary.rst", category="Tables"
+        ),
+        density=report(
+            "results/density.tsv", caption="../report/density.rst", category="Tables"
+        ),
         markdown="results/summary.md",
     log:
         "results/logs/aggregate.log",
@@ -12,6 +16,8 @@ rule aggregate:
         "results/benchmarks/aggregate.tsv"
     conda:
         "../../envs/kneurons.yaml"
+    params:
+        code=code_version("report"),
     script:
         "../scripts/aggregate.py"
 
@@ -22,7 +28,7 @@ rule plots:
         density=rules.aggregate.output.density,
         finetune=finetune_metrics(),
     output:
-        expand("results/plots/{plot}.{ext}", plot=PLOTS, ext=["png", "pdf"]),
+        plot_outputs(),
     log:
         "results/logs/plots.log",
     benchmark:
@@ -31,5 +37,6 @@ rule plots:
         "../../envs/kneurons.yaml"
     params:
         **config["plots"],
+        code=code_version("plots"),
     script:
         "../scripts/plots.py"
