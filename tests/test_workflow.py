@@ -65,6 +65,10 @@ def test_same_config_same_numbers(finished_run, tmp_path):
         ({"model": {"name": "esm3_huge"}}, "name"),
         ({"typo_key": 1}, "typo_key"),
         ({"data": {"source": "table", "table": {"path": "missing.tsv"}}}, "data.table.path"),
+        ({"sweep": {"retention_ratios": [0]}}, "retention_ratios"),
+        ({"scoring": {"modules": ["fc1", "gate_proj"]}}, "modules"),
+        ({"split": {"train": 0.8}}, "config key 'split': train + validation + test must be 1"),
+        ({"data": {"uniprot": {"retries": -1}}}, "retries"),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(tmp_path, override, message):
