@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from esm.modules import gelu as esm_gelu
 from tqdm import tqdm
 
 from kneurons.model import EnzymeClassifier, encode, linear
@@ -149,7 +150,9 @@ def ig_scores(
         target = labels_t[chunk].to(device)
         with torch.no_grad():
             x, padding_mask = model.embed(tokens)
-            hidden = model.run_layers(x, padding_mask, 0, layer)
+            hidden = _layer_parts(
+                model, model.run_layers(x, padding_mask, 0, layer), padding_mask, layer
+            )
         residues = (tokens != model.esm.padding_idx).T.unsqueeze(-1)  # (T, B, 1)
         for module in modules:
             attribution = _integrated_gradients(
@@ -169,6 +172,46 @@ def ig_scores(
                 attribution = attribution.abs()
             totals[(layer, module)] = totals[(layer, module)] + attribution.double().sum(0).cpu()
     return {key: total / len(sequences) for key, total in totals.items()}
+
+
+def _layer_parts(model, x, padding_mask, layer) -> dict[str, torch.Tensor]:
+    """Run layer `layer` once (no grad) and keep the inputs of its parts: the path of a module
+    only changes what comes after it, so each scaled pass can start there."""
+    block = model.esm.layers[layer]
+    parts = {"x": x}
+    watched = {"out_proj": block.self_attn.out_proj, "x1": block.final_layer_norm}
+    watched |= {"fc1": block.fc1, "fc2": block.fc2}
+    handles = [
+        m.register_forward_pre_hook(lambda _m, inp, name=name: parts.setdefault(name, inp[0]))
+        for name, m in watched.items()
+    ]
+    try:
+        block(x, self_attn_padding_mask=padding_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return parts
+
+
+def _layer_tail(model, parts, padding_mask, layer, module, k) -> torch.Tensor:
+    """Layer `layer`'s output for k copies of the batch, recomputing only what `module`
+    (scaled by the hook) changes; the same operations, in the same order, as fair-esm's
+    TransformerLayer.forward."""
+    block = model.esm.layers[layer]
+    if module in ("q_proj", "k_proj", "v_proj"):
+        x, _ = block(parts["x"].repeat(1, k, 1), self_attn_padding_mask=padding_mask)
+        return x
+    if module == "out_proj":
+        x1 = parts["x"].repeat(1, k, 1) + block.self_attn.out_proj(
+            parts["out_proj"].repeat(1, k, 1)
+        )
+        h = esm_gelu(block.fc1(block.final_layer_norm(x1)))
+    elif module == "fc1":
+        x1 = parts["x1"].repeat(1, k, 1)
+        h = esm_gelu(block.fc1(parts["fc1"].repeat(1, k, 1)))
+    else:  # fc2
+        x1, h = parts["x1"].repeat(1, k, 1), parts["fc2"].repeat(1, k, 1)
+    return x1 + block.fc2(h)
 
 
 def _integrated_gradients(
@@ -198,7 +241,8 @@ def _integrated_gradients(
             captured["alpha"] = a.repeat_interleave(batch)[None, :, None]
             mask = None if padding_mask is None else padding_mask.repeat(k, 1)
             with torch.enable_grad():
-                out = model.run_layers(hidden.repeat(1, k, 1), mask, layer)
+                out = _layer_tail(model, hidden, mask, layer, module, k)
+                out = model.run_layers(out, mask, layer + 1)
                 probs = model.classify(out, tokens.repeat(k, 1)).softmax(-1)
                 p_true = probs.gather(1, target.repeat(k)[:, None]).sum()
                 (grad,) = torch.autograd.grad(p_true, captured["scaled"])
