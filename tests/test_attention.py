@@ -1,0 +1,61 @@
+import torch
+
+from kneurons.attention import fused_attention_enabled, use_fused_attention
+from kneurons.model import MODULES, EnzymeClassifier, build_tiny_esm2, encode, linear
+from kneurons.scoring import ig_scores
+
+
+def outputs(model, tokens):
+    with torch.no_grad():
+        return model(tokens), model.esm(tokens, repr_layers=[1])["representations"][1]
+
+
+def test_fused_attention_matches_fair_esm_on_padded_batches(tiny_classifier, sequences):
+    float32 = EnzymeClassifier(build_tiny_esm2(2, 32, 4, seed=1), 3).eval()
+    for model in (tiny_classifier, float32):
+        tokens = encode(sequences)  # unequal lengths: padded
+        plain = outputs(model, tokens)
+        use_fused_attention(model, True)
+        assert fused_attention_enabled(model)
+        try:
+            fused = outputs(model, tokens)
+        finally:
+            use_fused_attention(model, False)
+        assert not fused_attention_enabled(model)
+        for a, b in zip(plain, fused, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outputs(model, tokens)[0], plain[0], rtol=0, atol=0)
+
+
+def test_hooks_still_fire(tiny_classifier, sequences):
+    use_fused_attention(tiny_classifier, True)
+    seen = []
+    handles = [
+        linear(tiny_classifier.esm, 1, m).register_forward_hook(lambda *_, m=m: seen.append(m))
+        for m in MODULES
+    ]
+    try:
+        with torch.no_grad():
+            tiny_classifier(encode(sequences))
+    finally:
+        for h in handles:
+            h.remove()
+        use_fused_attention(tiny_classifier, False)
+    assert sorted(seen) == sorted(MODULES)
+
+
+def test_ig_scores_unchanged(tiny_classifier, sequences, labels):
+    def scores():
+        return ig_scores(
+            tiny_classifier, sequences, labels, 1, MODULES, steps=6, batch_size=3, progress=False
+        )
+
+    plain = scores()
+    use_fused_attention(tiny_classifier, True)
+    try:
+        fused = scores()
+    finally:
+        use_fused_attention(tiny_classifier, False)
+    for key in plain:
+        scale = plain[key].abs().max().item()
+        torch.testing.assert_close(fused[key], plain[key], rtol=1e-5, atol=1e-7 * scale)
