@@ -72,6 +72,7 @@ def download(input, output, params, wildcards) -> None:
             classes=tuple(params["classes"]),
             mutation_rate=s["mutation_rate"],
             decoy_rate=s["decoy_rate"],
+            motifs_per_sequence=tuple(s["motifs_per_sequence"]),
         )
         name = "synthetic"
     elif source == "uniprot":
