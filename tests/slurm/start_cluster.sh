@@ -18,7 +18,13 @@ node=$(sed "s/RealMemory=[0-9]*/RealMemory=$((mem * 9 / 10))/" <<<"$node")
 # munge: a fresh key, a daemon with its socket under STATE_DIR
 dd if=/dev/urandom of="$state/munge/munge.key" bs=1024 count=1 status=none
 chmod 400 "$state/munge/munge.key"
-socket="$state/munge/munge.socket"
+# the default socket: slurmd's configless fetch and srun inside jobs use that one
+mkdir -p /run/munge
+socket=/run/munge/munge.socket.2
+if [[ -S $socket ]] && munge -n </dev/null >/dev/null 2>&1; then
+    echo "a munged is already running on $socket" >&2
+    exit 1
+fi
 munged --key-file="$state/munge/munge.key" --socket="$socket" \
     --pid-file="$state/munge/munged.pid" --log-file="$state/log/munged.log" \
     --seed-file="$state/munge/munged.seed" --force
@@ -29,7 +35,6 @@ SlurmctldHost=$host
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$socket
 CredType=cred/munge
 StateSaveLocation=$state/spool/ctld
 SlurmdSpoolDir=$state/spool/d
@@ -52,13 +57,16 @@ ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
 MpiDefault=none
+# configless: slurmd fetches this file from slurmctld and links /run/slurm/conf to it,
+# where srun inside a job finds it (the job step's environment has no SLURM_CONF)
+SlurmctldParameters=enable_configless
 $node State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 
 export SLURM_CONF="$state/slurm.conf"
 slurmctld -f "$SLURM_CONF"
-slurmd -f "$SLURM_CONF"
+slurmd --conf-server "$host:6817"
 
 for _ in $(seq 60); do
     if sinfo -h -N -o '%t' 2>/dev/null | grep -qx 'idle'; then

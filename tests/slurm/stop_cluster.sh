@@ -15,4 +15,8 @@ for pidfile in "$state/run/slurmd.pid" "$state/run/slurmctld.pid" "$state/munge/
         kill -9 "$pid" 2>/dev/null || true
     fi
 done
+# slurmd's configless link to its config cache under STATE_DIR
+if [[ $(readlink /run/slurm/conf 2>/dev/null) == "$state"/* ]]; then
+    rm -f /run/slurm/conf
+fi
 exit 0

@@ -1,0 +1,107 @@
+"""The SLURM profile on a real single-node SLURM cluster (tests/slurm/start_cluster.sh).
+
+Skipped where the SLURM daemons are not installed, the test is not root, or the cluster does
+not start. CI (.ci/run) installs slurm-wlm and munge, so it runs there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+from workflow_helpers import ROOT, make_workdir, snakemake
+
+SCRIPTS = ROOT / "tests" / "slurm"
+# what a one-node test cluster needs on top of profiles/slurm: the site settings a user
+# edits (partition, account, GPUs) and sizes that fit a 2-core machine
+NODE_LIMITS = {"cpus_per_task": 2, "mem_mb": 4000}
+
+
+def site_profile(path):
+    """profiles/slurm/config.yaml with this cluster's site settings, written under path."""
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    profile["default-resources"]["slurm_partition"] = "debug"
+    for resources in profile["set-resources"].values():
+        resources.pop("gpu", None)  # the test node has no GPU
+        for key, limit in NODE_LIMITS.items():
+            if key in resources:
+                resources[key] = min(resources[key], limit)
+    profile["set-threads"] = {
+        rule: min(n, NODE_LIMITS["cpus_per_task"]) for rule, n in profile["set-threads"].items()
+    }
+    profile.update(
+        {
+            "slurm-no-account": True,  # no accounting database, so no accounts
+            "slurm-status-command": "squeue",  # no sacct without accounting storage
+            "slurm-init-seconds-before-status-checks": 2,
+            "slurm-keep-successful-logs": True,
+            "keep-going": False,
+        }
+    )
+    (path / "profile").mkdir()
+    (path / "profile/config.yaml").write_text(yaml.safe_dump(profile))
+    return path / "profile"
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    missing = [t for t in ("sbatch", "slurmctld", "slurmd", "munged") if not shutil.which(t)]
+    if missing:
+        pytest.skip(
+            f"SLURM is not installed (no {', '.join(missing)}): apt-get install slurm-wlm munge"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("starting slurmctld/slurmd for the test cluster needs root")
+    state = tmp_path_factory.mktemp("slurm")
+    start = subprocess.run(
+        [SCRIPTS / "start_cluster.sh", state], capture_output=True, text=True, timeout=120
+    )
+    if start.returncode != 0:
+        subprocess.run([SCRIPTS / "stop_cluster.sh", state], capture_output=True)
+        pytest.skip(f"the test SLURM cluster did not start:\n{start.stdout}\n{start.stderr}")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    try:
+        yield state
+    finally:
+        subprocess.run([SCRIPTS / "stop_cluster.sh", state], capture_output=True, timeout=60)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+
+
+def test_slurm_profile_runs_the_workflow_through_sbatch(slurm_cluster, tmp_path):
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "local").mkdir()
+    slurm_dir = make_workdir(tmp_path / "slurm")
+    local_dir = make_workdir(tmp_path / "local")
+    profile = site_profile(tmp_path)
+    started = time.monotonic()
+    result = snakemake(slurm_dir, "--profile", str(profile))
+    elapsed = time.monotonic() - started
+    log = result.stdout + result.stderr
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", log)
+    # everything but the local rules (download, all) went through sbatch; the six
+    # evaluate jobs as one group job
+    assert len(submitted) >= 8, log
+    logs = slurm_dir / ".snakemake/slurm_logs"
+    slurm_logs = [p.relative_to(logs).parts[0] for p in logs.rglob("*.log")]
+    assert set(slurm_logs) >= {
+        "rule_finetune",
+        "rule_score_ig_layer",
+        "rule_aggregate",
+        "rule_plots",
+    }
+    assert "group_sweep_evaluate" in slurm_logs, slurm_logs
+    assert "Job stats" in log and "rule download" in log
+    print(f"SLURM run of the small config: {elapsed:.0f} s, {len(submitted)} sbatch jobs")
+
+    snakemake(local_dir, "results/summary.tsv", "results/scores/seed0/ig.tsv")
+    for name in ["results/summary.tsv", "results/scores/seed0/ig.tsv", "results/density.tsv"]:
+        assert (slurm_dir / name).read_text() == (local_dir / name).read_text(), name
