@@ -6,7 +6,6 @@ rule download:
         "results/logs/download.log",
     benchmark:
         "results/benchmarks/download.tsv"
-    retries: 2
     # on a cluster, downloads run on the submit host: compute nodes often lack internet
     localrule: True
     conda:

@@ -27,7 +27,6 @@ rule fetch_pretrained_model:
         "results/benchmarks/fetch_pretrained_model/{name}.tsv"
     wildcard_constraints:
         name=r"esm2_t\d+_\w+_UR50D",
-    retries: 2
     localrule: True
     conda:
         "../../envs/kneurons.yaml"
@@ -51,7 +50,7 @@ rule finetune:
         "results/benchmarks/finetune/seed{seed}.tsv"
     conda:
         "../../envs/kneurons.yaml"
-    threads: 2
+    threads: 1
     resources:
         gpu=1 if config["finetune"]["device"].startswith("cuda") else 0,
     params:

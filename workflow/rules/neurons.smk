@@ -10,7 +10,7 @@ rule score_ig_layer:
         "results/benchmarks/score/seed{seed}/ig/layer{layer}.tsv"
     conda:
         "../../envs/kneurons.yaml"
-    threads: 2
+    threads: 1
     params:
         **scoring_params(
             "modules",
@@ -54,7 +54,7 @@ rule score_activation:
         "results/benchmarks/score/seed{seed}/activation.tsv"
     conda:
         "../../envs/kneurons.yaml"
-    threads: 2
+    threads: 1
     params:
         **scoring_params("modules", "max_sequences", "batch_size", "device"),
         code=code_version("model", "scoring"),
