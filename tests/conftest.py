@@ -27,3 +27,17 @@ def sequences():
 @pytest.fixture
 def labels():
     return list(LABELS)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """One complete run of the workflow on the small config, shared by the workflow tests.
+
+    Read-only: a test that changes the config or the results works on a copy
+    (shutil.copytree keeps mtimes, so a copy still has nothing to do).
+    """
+    from workflow_helpers import make_workdir, snakemake
+
+    path = make_workdir(tmp_path_factory.mktemp("small_run"))
+    snakemake(path)
+    return path

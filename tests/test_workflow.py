@@ -1,17 +1,16 @@
 """End to end through the Snakemake CLI on a very small config."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
-from workflow_helpers import make_workdir, snakemake
+from workflow_helpers import ROOT, make_workdir, snakemake
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    path = make_workdir(tmp_path_factory.mktemp("run"))
-    snakemake(path)
-    return path
+def finished_run(small_run):
+    return small_run
 
 
 def test_full_run_writes_every_stage(finished_run):
@@ -77,3 +76,16 @@ def test_bad_config_is_rejected_naming_the_key(tmp_path, override, message):
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert not (path / "results").exists()
+
+
+def test_report_has_the_plots_and_their_captions(finished_run, tmp_path):
+    report = tmp_path / "report.html"
+    snakemake(finished_run, "--report", str(report))
+    html = report.read_text()
+    for caption in (ROOT / "workflow/report").glob("*.rst"):
+        if caption.name == "workflow.rst":
+            continue
+        # the first words of each caption (before any reStructuredText markup)
+        words = re.split(r"[`*(]", caption.read_text().splitlines()[0])[0].strip()
+        assert words and words in html, caption.name
+    assert "accuracy_vs_retention.png" in html

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -54,12 +55,16 @@ def write_config(path: Path, config: dict) -> None:
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def snakemake(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    path: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run snakemake in path; env: variables set on top of this process's environment."""
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
         cwd=path,
         capture_output=True,
         text=True,
+        env={**os.environ, **env} if env else None,
     )
     if check and result.returncode != 0:
         raise AssertionError(

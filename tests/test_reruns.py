@@ -1,0 +1,122 @@
+"""What a change reruns: `snakemake --dry-run` job counts after one complete small run.
+
+Every case works on a copy of the finished run (the session fixture `small_run`);
+shutil.copytree keeps mtimes and copies .snakemake/ metadata, so a copy has nothing to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from workflow_helpers import deep_update, read_config, snakemake, write_config
+
+UPSTREAM = {"download", "split", "prepare_model"}
+TAIL = {"aggregate": 1, "plots": 1, "all": 1}
+# one seed of the small config: 2 layers, methods ig/activation/random, ratios 0.5/0.1
+SEED_SCORING = {"score_ig_layer": 2, "merge_ig_layers": 1, "score_activation": 1, "score_random": 1}
+
+
+def job_counts(path: Path, env: dict | None = None) -> dict[str, int]:
+    """The dry run's "Job stats" table as {rule: count}, {} when nothing is to be done."""
+    result = snakemake(path, "--dry-run", env=env)
+    log = result.stdout + result.stderr
+    if "Nothing to be done" in log:
+        return {}
+    table = log.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not match or match[1] == "total":
+            break
+        counts[match[1]] = int(match[2])
+    assert counts, log
+    return counts
+
+
+@pytest.fixture
+def run_copy(small_run, tmp_path):
+    return Path(shutil.copytree(small_run, tmp_path / "run", symlinks=True))
+
+
+def change_config(path: Path, change: dict) -> None:
+    write_config(path, deep_update(read_config(path), change))
+
+
+def report(case: str, counts: dict[str, int]) -> None:
+    print(f"{case}: {counts} (total {sum(counts.values())})")
+
+
+def test_copy_of_a_finished_run_has_nothing_to_do(run_copy):
+    counts = job_counts(run_copy)
+    report("no change", counts)
+    assert counts == {}
+
+
+def test_new_retention_ratio_runs_only_its_evaluations(run_copy):
+    config = read_config(run_copy)
+    change_config(run_copy, {"sweep": {"retention_ratios": [0.5, 0.25, 0.1]}})
+    counts = job_counts(run_copy)
+    report("ratio 0.25 added", counts)
+    # one evaluation per seed x method
+    n_new = len(config["seeds"]) * len(config["scoring"]["methods"])
+    assert counts == {"evaluate": n_new, **TAIL}
+
+
+def test_new_method_runs_only_its_scoring_and_evaluations(run_copy):
+    # make the copy a finished run with methods [ig, random] (reruns aggregate and plots only)
+    shutil.rmtree(run_copy / "results/evaluation/seed0/activation")
+    (run_copy / "results/scores/seed0/activation.tsv").unlink()
+    change_config(run_copy, {"scoring": {"methods": ["ig", "random"]}})
+    assert job_counts(run_copy) == TAIL
+    snakemake(run_copy)
+    assert job_counts(run_copy) == {}
+
+    change_config(run_copy, {"scoring": {"methods": ["ig", "activation", "random"]}})
+    counts = job_counts(run_copy)
+    report("method activation added", counts)
+    assert counts == {"score_activation": 1, "evaluate": 2, **TAIL}
+
+
+def test_new_seed_runs_only_that_seeds_chain(run_copy):
+    change_config(run_copy, {"seeds": [0, 1]})
+    counts = job_counts(run_copy)
+    report("seed 1 added", counts)
+    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": 6, **TAIL}
+    assert not UPSTREAM & counts.keys()
+
+
+def test_finetune_change_reruns_finetune_and_what_follows(run_copy):
+    config = read_config(run_copy)
+    change_config(run_copy, {"finetune": {"lr": config["finetune"]["lr"] / 2}})
+    counts = job_counts(run_copy)
+    report("finetune.lr changed", counts)
+    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": 6, **TAIL}
+
+
+def test_plot_style_change_reruns_only_plots(run_copy):
+    change_config(run_copy, {"plots": {"dpi": 72}})
+    counts = job_counts(run_copy)
+    report("plots.dpi changed", counts)
+    assert counts == {"plots": 1, "all": 1}
+
+
+def test_scoring_code_change_reruns_scoring_not_finetune(run_copy, tmp_path):
+    """code_version() hashes the kneurons package that Python imports; edit a copy of it.
+
+    The copy goes first on PYTHONPATH, so the package in src/ (which others may be
+    editing) is never touched.
+    """
+    package = Path(__import__("kneurons").__file__).parent
+    site = tmp_path / "site"
+    shutil.copytree(package, site / "kneurons", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    assert job_counts(run_copy, env) == {}  # the copy hashes like the original
+    with open(site / "kneurons/scoring.py", "a") as scoring:
+        scoring.write("\n# an edit of the scoring code\n")
+    counts = job_counts(run_copy, env)
+    report("scoring.py edited", counts)
+    assert counts == {**SEED_SCORING, "evaluate": 6, **TAIL}
