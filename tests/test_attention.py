@@ -14,6 +14,7 @@ def test_fused_attention_matches_fair_esm_on_padded_batches(tiny_classifier, seq
     float32 = EnzymeClassifier(build_tiny_esm2(2, 32, 4, seed=1), 3).eval()
     for model in (tiny_classifier, float32):
         tokens = encode(sequences)  # unequal lengths: padded
+        use_fused_attention(model, False)  # classifiers are built fused; start from fair-esm's
         plain = outputs(model, tokens)
         use_fused_attention(model, True)
         assert fused_attention_enabled(model)
@@ -25,6 +26,10 @@ def test_fused_attention_matches_fair_esm_on_padded_batches(tiny_classifier, seq
         for a, b in zip(plain, fused, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(outputs(model, tokens)[0], plain[0], rtol=0, atol=0)
+
+
+def test_classifiers_are_built_with_fused_attention(tiny_classifier):
+    assert fused_attention_enabled(tiny_classifier)
 
 
 def test_hooks_still_fire(tiny_classifier, sequences):
@@ -50,6 +55,7 @@ def test_ig_scores_unchanged(tiny_classifier, sequences, labels):
             tiny_classifier, sequences, labels, 1, MODULES, steps=6, batch_size=3, progress=False
         )
 
+    use_fused_attention(tiny_classifier, False)
     plain = scores()
     use_fused_attention(tiny_classifier, True)
     try:
