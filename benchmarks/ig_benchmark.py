@@ -209,6 +209,7 @@ def table(rows, columns):
 def bench_config(arch, length, n, layer_choice, repeats, ref_steps, rows, ref_repeats, out):
     layers, dim, heads = ARCHS[arch]
     model = EnzymeClassifier(build_tiny_esm2(layers, dim, heads, seed=0), N_CLASSES).eval()
+    use_fused_attention(model, False)  # the baselines run fair-esm's own attention
     with torch.no_grad():  # a non-trivial head so p(true class) varies
         model.head.weight.normal_(0, 1)
     layer = (layers - 1) // 2 if layer_choice is None else layer_choice
