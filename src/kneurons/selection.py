@@ -52,7 +52,7 @@ def keep_masks(selected: pd.DataFrame) -> dict[tuple[int, str], torch.Tensor]:
     masks = {}
     for (layer, module), group in selected.groupby(["layer", "module"], sort=False):
         mask = torch.zeros(int(group["unit"].max()) + 1, dtype=torch.bool)
-        mask[torch.as_tensor(group["unit"].to_numpy())] = torch.as_tensor(group["kept"].to_numpy())
+        mask[torch.tensor(group["unit"].to_numpy())] = torch.tensor(group["kept"].to_numpy())
         masks[(int(layer), str(module))] = mask
     return masks
 
