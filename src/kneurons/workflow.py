@@ -169,7 +169,7 @@ def prepare_model(input, output, params, wildcards) -> None:
     else:
         from kneurons.download import fetch_esm_checkpoint
 
-        fetch_esm_checkpoint(name, Path(output.checkpoint).parent)
+        fetch_esm_checkpoint(name, Path(output.checkpoint).parent, base_url=params["url"])
     esm2 = model.load_esm_checkpoint(output.checkpoint)
     log.info(
         "%s loads: %d parameters", output.checkpoint, sum(p.numel() for p in esm2.parameters())

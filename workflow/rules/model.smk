@@ -32,6 +32,7 @@ rule fetch_pretrained_model:
         "../../envs/kneurons.yaml"
     params:
         name=lambda wildcards: wildcards.name,
+        url=config["model"]["url"],
         code=code_version("model", "download"),
     script:
         "../scripts/prepare_model.py"

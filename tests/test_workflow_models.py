@@ -1,0 +1,63 @@
+"""The real model paths through Snakemake: a fair-esm release name fetched from a (fake) mirror,
+and a user's checkpoint file, both written in fair-esm's format."""
+
+import pandas as pd
+from workflow_helpers import make_workdir, snakemake
+
+from kneurons.model import build_tiny_esm2, load_esm_checkpoint, save_esm_checkpoint
+
+from fake_uniprot import FakeServer
+
+NAME = "esm2_t6_8M_UR50D"
+
+
+def workdir(tmp_path, config):
+    (tmp_path / "run").mkdir()
+    return make_workdir(tmp_path / "run", config)
+
+
+def release_files(tmp_path, name, layers):
+    """A stand-in for a fair-esm release: the real file layout, a small model inside."""
+    path = tmp_path / f"{name}.pt"
+    save_esm_checkpoint(build_tiny_esm2(layers, 16, 2, seed=5), path)
+    return {
+        f"models/{name}.pt": path.read_bytes(),
+        f"regression/{name}-contact-regression.pt": (
+            tmp_path / f"{name}-contact-regression.pt"
+        ).read_bytes(),
+    }
+
+
+def test_release_name_is_fetched_once_from_the_configured_url(tmp_path):
+    files = release_files(tmp_path, NAME, layers=6)  # the name says 6 layers
+    with FakeServer(files=files) as server:
+        work = workdir(tmp_path, {"model": {"name": NAME, "url": server.url + "/files"}})
+        targets = ["results/finetune/seed0/metrics.json", "results/scores/seed0/ig/layer5.tsv"]
+        snakemake(work, *targets)
+        fetched = server.count()
+        snakemake(work, *targets)  # nothing to do: no second download
+        assert server.count() == fetched == 2
+    checkpoint = work / "resources/models" / f"{NAME}.pt"
+    assert load_esm_checkpoint(checkpoint).num_layers == 6
+    scores = pd.read_csv(work / "results/scores/seed0/ig/layer5.tsv", sep="\t")
+    assert set(scores["layer"]) == {5} and len(scores) == 4 * 16 + 64 + 16
+
+
+def test_unreachable_release_fails_with_the_url_and_leaves_nothing(tmp_path):
+    with FakeServer() as server:  # serves no model files: 404
+        work = workdir(tmp_path, {"model": {"name": NAME, "url": server.url + "/files"}})
+        result = snakemake(work, f"resources/models/{NAME}.pt", check=False)
+    assert result.returncode != 0
+    assert f"/files/models/{NAME}.pt" in result.stdout + result.stderr
+    assert not list(work.glob("resources/models/*"))
+
+
+def test_checkpoint_path_is_used_as_it_is(tmp_path):
+    own = tmp_path / "mine" / "esm2_custom.pt"
+    own.parent.mkdir()
+    save_esm_checkpoint(build_tiny_esm2(3, 16, 2, seed=9), own)
+    work = workdir(tmp_path, {"model": {"name": str(own), "num_layers": 3}})
+    result = snakemake(work, "results/scores/seed0/ig.tsv")
+    assert "prepare_model" not in result.stdout + result.stderr
+    scores = pd.read_csv(work / "results/scores/seed0/ig.tsv", sep="\t")
+    assert sorted(scores["layer"].unique()) == [0, 1, 2]
