@@ -141,7 +141,7 @@ def ig_scores(
         p.requires_grad_(False)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    alphas, weights = quadrature(rule, steps)
+    alphas, weights = (t.to(device, dtype) for t in quadrature(rule, steps))
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     totals = {(layer, m): 0 for m in modules}
     batches = _length_sorted_batches(sequences, max(1, min(batch_size, rows_per_pass)))
@@ -163,8 +163,8 @@ def ig_scores(
                 target,
                 layer,
                 module,
-                alphas.to(device, dtype),
-                weights.to(device, dtype),
+                alphas,
+                weights,
                 rows_per_pass,
             )
             attribution = attribution.masked_fill(~residues, 0).sum(0)  # (B, U)

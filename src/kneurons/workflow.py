@@ -89,8 +89,8 @@ def download(input, output, params, wildcards) -> None:
                 min_length=params["min_length"],
                 max_length=params["max_length"],
                 seed=u["seed"],
-                retries=u.get("retries", 5),
-                timeout=u.get("timeout", 30),
+                retries=u["retries"],
+                timeout=u["timeout"],
             )
             table, dropped_read = data.read_table(raw)
         info["release"] = info["uniprot"]["release"]
@@ -148,10 +148,6 @@ def split(input, output, params, wildcards) -> None:
     io.write_tsv(result, output.split)
 
 
-def read_split(path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", keep_default_na=False)
-
-
 # --- model ------------------------------------------------------------------------------
 
 
@@ -182,7 +178,7 @@ def finetune(input, output, params, wildcards) -> None:
     device = model.pick_device(params["device"])
     classifier, classes, metrics = train.finetune(
         input.checkpoint,
-        read_split(input.split),
+        data.read_labelled(input.split),
         seed=int(wildcards["seed"]),
         epochs=params["epochs"],
         lr=params["lr"],
@@ -203,7 +199,7 @@ def scoring_subset(
     split_path, classes, max_sequences: int, seed: int
 ) -> tuple[list[str], list[int]]:
     """The validation split, or a seeded subset of it: never the test split."""
-    val = read_split(split_path).query("split == 'validation'")
+    val = data.read_labelled(split_path).query("split == 'validation'")
     if len(val) > max_sequences:
         val = val.sample(n=max_sequences, random_state=seed)
     index = {c: k for k, c in enumerate(classes)}
@@ -280,7 +276,7 @@ def evaluate(input, output, params, wildcards) -> None:
     )
     scores = pd.read_csv(input.scores, sep="\t")
     selected = selection.select(scores, ratio, params["normalize"])
-    test = read_split(input.split).query("split == 'test'")
+    test = data.read_labelled(input.split).query("split == 'test'")
     with torch.no_grad():
         metrics = train.evaluate(
             classifier,
