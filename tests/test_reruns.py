@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from workflow_helpers import deep_update, read_config, snakemake, write_config
+import yaml
+from workflow_helpers import ROOT, deep_update, read_config, snakemake, write_config
 
 UPSTREAM = {"download", "split", "prepare_model"}
 TAIL = {"aggregate": 1, "plots": 1, "all": 1}
@@ -120,3 +121,111 @@ def test_scoring_code_change_reruns_scoring_not_finetune(run_copy, tmp_path):
     counts = job_counts(run_copy, env)
     report("scoring.py edited", counts)
     assert counts == {**SEED_SCORING, "evaluate": 6, **TAIL}
+
+
+# --- the same settings written another way rerun nothing -------------------------------------
+
+SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+
+
+def reordered(value):
+    """Every mapping's keys in reverse order, recursively."""
+    if isinstance(value, dict):
+        return {key: reordered(value[key]) for key in reversed(list(value))}
+    if isinstance(value, list):
+        return [reordered(item) for item in value]
+    return value
+
+
+def respelled(value):
+    """Every number as a float (30 -> 30.0): YAML writers and users differ on this."""
+    if isinstance(value, dict):
+        return {key: respelled(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [respelled(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def without_defaults(config: dict, schema: dict) -> dict:
+    """The config with every key left out whose value is the schema's default for it."""
+    out = {}
+    for key, value in config.items():
+        sub = schema.get("properties", {}).get(key, {})
+        if isinstance(value, dict):
+            value = without_defaults(value, sub)
+            if not value and "default" in sub:
+                continue
+        elif "default" in sub and sub["default"] == value:
+            continue
+        out[key] = value
+    return out
+
+
+def test_reordered_config_reruns_nothing(run_copy):
+    write_config(run_copy, reordered(read_config(run_copy)))
+    counts = job_counts(run_copy)
+    report("every mapping reordered", counts)
+    assert counts == {}
+
+
+def test_defaults_left_out_or_written_out_rerun_nothing(run_copy):
+    full = read_config(run_copy)
+    short = without_defaults(full, SCHEMA)
+    assert "uniprot" not in short["data"] and "ig_rule" not in short["scoring"]  # left out
+    write_config(run_copy, short)
+    counts = job_counts(run_copy)
+    report("defaulted keys left out", counts)
+    assert counts == {}
+    # and written out again, at the end of their mappings, numbers spelled as floats
+    write_config(run_copy, respelled(deep_update(short, without_defaults(full, {}))))
+    counts = job_counts(run_copy)
+    report("defaulted keys written out, numbers as floats", counts)
+    assert counts == {}
+
+
+def test_values_swapped_between_keys_rerun(run_copy):
+    """Snakemake compares params as an unnamed set of values: one named mapping catches this."""
+    config = read_config(run_copy)
+    lr, head_lr = config["finetune"]["lr"], config["finetune"]["head_lr"]
+    assert lr != head_lr
+    change_config(run_copy, {"finetune": {"lr": head_lr, "head_lr": lr}})
+    counts = job_counts(run_copy)
+    report("lr and head_lr swapped", counts)
+    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": 6, **TAIL}
+
+
+def touched_run(path: Path) -> Path:
+    """A finished run of the config in `path` as far as rerun decisions go: every output
+    exists and Snakemake's metadata (params, code, inputs) is recorded (`--touch`), without
+    the minutes of computing."""
+    summary = snakemake(path, "--forceall", "--summary").stdout
+    for line in summary.splitlines()[1:]:
+        output = path / line.split("\t")[0]
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.touch()
+    snakemake(path, "--forceall", "--touch")
+    return path
+
+
+def test_default_config_written_another_way_reruns_nothing(tmp_path):
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for name in ("workflow", "envs"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    run = touched_run(tmp_path)
+    assert job_counts(run) == {}
+    default = read_config(run)
+    variants = {
+        "reordered": reordered(default),
+        "defaults left out": without_defaults(default, SCHEMA),
+        "numbers as floats, reordered": reordered(respelled(default)),
+    }
+    for case, config in variants.items():
+        write_config(run, config)
+        counts = job_counts(run)
+        report(f"default config, {case}", counts)
+        assert counts == {}, case
+    write_config(run, deep_update(default, {"scoring": {"ig_steps": 10}}))
+    assert job_counts(run)["score_ig_layer"] == 4 * len(default["seeds"])  # a real change

@@ -16,7 +16,8 @@ SMALL_CONFIG = {
     "seeds": [0],
     "data": {"synthetic": {"n_per_class": 12, "min_length": 60, "max_length": 80}},
     "model": {"tiny": {"num_layers": 2, "embed_dim": 16, "attention_heads": 2}},
-    "finetune": {"epochs": 1, "batch_size": 16},
+    # head_lr != lr, so swapping the two is a change (tests/test_reruns.py)
+    "finetune": {"epochs": 1, "batch_size": 16, "head_lr": 0.004},
     "scoring": {"max_sequences": 12, "ig_steps": 4, "batch_size": 8},
     "sweep": {"retention_ratios": [0.5, 0.1]},
     "plots": {"dpi": 60},

@@ -17,6 +17,7 @@ import pandas as pd
 # torch and the modules that need it are imported inside the steps that use them, so the data
 # steps (and their failures) start in about a second.
 from kneurons import data, io
+from kneurons.errors import UserError
 
 TORCH_FREE_STEPS = {"download", "split"}
 
@@ -44,10 +45,16 @@ def run(smk, step) -> None:
 
         model.set_threads(smk.threads)
     try:
-        step(smk.input, smk.output, dict(smk.params.items()), dict(smk.wildcards.items()))
-    except Exception as err:
-        traceback.print_exc()
+        settings = dict(smk.params.settings) if "settings" in smk.params.keys() else {}
+        step(smk.input, smk.output, settings, dict(smk.wildcards.items()))
+    except UserError as err:
+        # The user's to fix: one line in the log and on the console, no traceback.
+        log.error("%s", err)
         print(f"error in {step.__name__}: {err}", file=stderr)
+        sys.exit(1)
+    except Exception as err:
+        traceback.print_exc()  # ours to fix: keep the traceback in the log
+        print(f"error in {step.__name__}: {type(err).__name__}: {err}", file=stderr)
         sys.exit(1)
     finally:
         if handle:
@@ -271,9 +278,7 @@ def evaluate(input, output, params, wildcards) -> None:
     from kneurons import model, selection, train
 
     ratio = float(wildcards["ratio"])
-    classifier, meta = model.load_classifier(
-        input.model, model.pick_device(params.get("device", "cpu"))
-    )
+    classifier, meta = model.load_classifier(input.model, model.pick_device(params["device"]))
     scores = pd.read_csv(input.scores, sep="\t")
     selected = selection.select(scores, ratio, params["normalize"])
     test = data.read_labelled(input.split).query("split == 'test'")

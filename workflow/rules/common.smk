@@ -5,13 +5,31 @@ import re
 from functools import cache
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from kneurons.config import canonical, conform
+
 min_version("9.0")
 
+CONFIG_SCHEMA = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+validate(config, str(CONFIG_SCHEMA), set_default=True)
+# One spelling per setting: keys sorted, numbers typed by the schema (kneurons.config).
+config.update(canonical(conform(config, yaml.safe_load(CONFIG_SCHEMA.read_text()))))
 
-validate(config, "../schemas/config.schema.yaml", set_default=True)
+
+def settings(*mappings, **values):
+    """A rule's one param: the settings it uses, by name, in canonical form.
+
+    Snakemake compares params as an unnamed set of value reprs, so separate params would miss
+    two values swapped between keys, and a dict's repr would change with its key order.
+    """
+    merged = {}
+    for mapping in mappings:
+        merged.update(mapping)
+    merged.update(values)
+    return canonical(merged)
 
 
 def config_error(key, problem):

@@ -11,8 +11,7 @@ rule download:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        **download_params(),
-        code=code_version("data", "download"),
+        settings=settings(download_params(), code=code_version("data", "download")),
     script:
         "../scripts/download.py"
 
@@ -29,7 +28,6 @@ rule split:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        **config["split"],
-        code=code_version("data"),
+        settings=settings(config["split"], code=code_version("data")),
     script:
         "../scripts/split.py"

@@ -9,9 +9,9 @@ rule prepare_model:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        name="tiny",
-        tiny=config["model"]["tiny"],
-        code=code_version("model"),
+        settings=settings(
+            name="tiny", tiny=config["model"]["tiny"], code=code_version("model")
+        ),
     script:
         "../scripts/prepare_model.py"
 
@@ -31,9 +31,11 @@ rule fetch_pretrained_model:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        name=lambda wildcards: wildcards.name,
-        url=config["model"]["url"],
-        code=code_version("model", "download"),
+        settings=lambda wildcards: settings(
+            name=wildcards.name,
+            url=config["model"]["url"],
+            code=code_version("model", "download"),
+        ),
     script:
         "../scripts/prepare_model.py"
 
@@ -55,7 +57,6 @@ rule finetune:
     resources:
         gpu=1 if config["finetune"]["device"].startswith("cuda") else 0,
     params:
-        **config["finetune"],
-        code=code_version("model", "train"),
+        settings=settings(config["finetune"], code=code_version("model", "train")),
     script:
         "../scripts/finetune.py"

@@ -12,17 +12,19 @@ rule score_ig_layer:
         "../../envs/kneurons.yaml"
     threads: 1
     params:
-        **scoring_params(
-            "modules",
-            "max_sequences",
-            "ig_steps",
-            "ig_rule",
-            "ig_abs",
-            "batch_size",
-            "rows_per_pass",
-            "device",
+        settings=settings(
+            scoring_params(
+                "modules",
+                "max_sequences",
+                "ig_steps",
+                "ig_rule",
+                "ig_abs",
+                "batch_size",
+                "rows_per_pass",
+                "device",
+            ),
+            code=code_version("model", "scoring"),
         ),
-        code=code_version("model", "scoring"),
     script:
         "../scripts/score_ig_layer.py"
 
@@ -56,8 +58,10 @@ rule score_activation:
         "../../envs/kneurons.yaml"
     threads: 1
     params:
-        **scoring_params("modules", "max_sequences", "batch_size", "device"),
-        code=code_version("model", "scoring"),
+        settings=settings(
+            scoring_params("modules", "max_sequences", "batch_size", "device"),
+            code=code_version("model", "scoring"),
+        ),
     script:
         "../scripts/score_activation.py"
 
@@ -74,8 +78,9 @@ rule score_random:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        **scoring_params("modules"),
-        code=code_version("model", "scoring"),
+        settings=settings(
+            scoring_params("modules"), code=code_version("model", "scoring")
+        ),
     script:
         "../scripts/score_random.py"
 
@@ -94,8 +99,11 @@ rule evaluate:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        normalize=config["scoring"]["normalize"],
-        batch_size=config["sweep"]["batch_size"],
-        code=code_version("model", "train", "selection"),
+        settings=settings(
+            normalize=config["scoring"]["normalize"],
+            batch_size=config["sweep"]["batch_size"],
+            device=config["sweep"]["device"],
+            code=code_version("model", "train", "selection"),
+        ),
     script:
         "../scripts/evaluate.py"

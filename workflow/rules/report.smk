@@ -17,7 +17,7 @@ rule aggregate:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        code=code_version("report"),
+        settings=settings(code=code_version("report")),
     script:
         "../scripts/aggregate.py"
 
@@ -36,7 +36,6 @@ rule plots:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        **config["plots"],
-        code=code_version("plots"),
+        settings=settings(config["plots"], code=code_version("plots")),
     script:
         "../scripts/plots.py"

@@ -1,0 +1,57 @@
+"""Canonical settings: equal settings compare equal however the user wrote them.
+
+Snakemake decides "Params have changed" by comparing the set of `repr()`s of a rule's param
+values, without their names. Two consequences this module removes:
+- a mapping's repr depends on key order, so a reordered config file (or a default the schema
+  filled in at the end) looks like a change;
+- values without names: swapping the values of two params (lr 1e-3 / head_lr 3e-3 -> lr 3e-3 /
+  head_lr 1e-3) looks like no change.
+Rules therefore pass one param, `settings`: a mapping of every setting they use by name, with
+keys sorted recursively, and numbers typed by the schema (`30` and `30.0` are one timeout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+def canonical(value):
+    """`value` with every mapping's keys sorted (recursively) and tuples made lists."""
+    if isinstance(value, Mapping):
+        return {str(key): canonical(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, list | tuple):
+        return [canonical(item) for item in value]
+    return value
+
+
+def _types(schema: Mapping) -> set[str]:
+    kind = schema.get("type", ())
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def conform(value, schema: Mapping):
+    """`value` with numbers typed as the JSON schema says: `number` -> float, an integral
+    `integer` -> int (JSON Schema accepts 10.0 as an integer; Python's range() does not).
+
+    Walks `properties`, `additionalProperties` (a schema) and `items`; other values pass as is.
+    """
+    types = _types(schema)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        if "integer" in types and float(value).is_integer():
+            return int(value)
+        if "number" in types:
+            return float(value)
+        return value
+    if isinstance(value, Mapping):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        out = {}
+        for key, item in value.items():
+            sub = properties.get(key, extra if isinstance(extra, Mapping) else {})
+            out[key] = conform(item, sub)
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [conform(item, schema["items"]) for item in value]
+    return value
