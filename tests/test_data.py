@@ -235,11 +235,47 @@ def test_read_table_errors_name_file_and_record(tmp_path, content, message):
     assert str(path) in text and "\n" not in text
 
 
-def test_read_table_unknown_extension(tmp_path):
-    path = tmp_path / "data.xlsx"
-    path.write_text("x")
-    with pytest.raises(DataError, match="extension"):
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("tabs.csv", UNIPROT_TSV),  # benchmark sets ship tab-separated .csv files
+        ("commas.tsv", UNIPROT_TSV.replace("\t", ",").replace("; ", ";")),
+        ("windows.txt", "\ufeff" + UNIPROT_TSV.replace("\n", "\r\n")),  # BOM, CRLF
+        ("no_extension", UNIPROT_TSV),
+    ],
+)
+def test_read_table_delimiter_comes_from_content(tmp_path, name, text):
+    expected, _ = read_table(_write(tmp_path / "uniprot.tsv", UNIPROT_TSV))
+    path = _write(tmp_path / name, text)
+    df, dropped = read_table(path)
+    assert df.equals(expected)
+    assert dropped == {"no EC number": 1, "duplicate id (same sequence)": 1}
+    assert read_input(path)[0].equals(expected)
+
+
+@pytest.mark.parametrize(
+    "text", ["Entry;EC number;Sequence\nP1;1.1.1.1;MKV\n", "Entry|EC|Seq\nP1|1.1.1.1|MKV\n"]
+)
+def test_read_table_unknown_delimiter_names_file_and_first_line(tmp_path, text):
+    path = _write(tmp_path / "data.csv", text)
+    with pytest.raises(DataError) as err:
         read_table(path)
+    message = str(err.value)
+    assert str(path) in message and repr(text.splitlines()[0]) in message
+    assert "tab- or comma-separated" in message and "\n" not in message
+
+
+def test_read_input_fasta_told_from_content(tmp_path):
+    path = _write(tmp_path / "enzymes.txt", ">A1 EC=1.1.1.1\nMKV\n")
+    df, _ = read_input(path)
+    assert df["id"].tolist() == ["A1"]
+    with pytest.raises(DataError, match="no such file"):
+        read_input(tmp_path / "missing.tsv")
+
+
+def _write(path, text):
+    path.write_bytes(text.encode())
+    return path
 
 
 # ---------------------------------------------------------------- reading FASTA

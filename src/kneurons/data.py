@@ -10,6 +10,7 @@ each step returns the dropped-row reasons as a Counter so the workflow can log t
 
 from __future__ import annotations
 
+import csv
 import gzip
 import math
 import os
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from kneurons.errors import UserError
 
 COLUMNS = ["id", "sequence", "ec_numbers", "ec_class", "motifs"]
 SPLITS = ("train", "validation", "test")
@@ -73,7 +76,7 @@ FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
 _EC_RE = re.compile(r"(\d+)\.(\d+|-)\.(\d+|-)\.(n?\d+|-)")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message is one line naming the file, the record and the problem."""
 
 
@@ -393,33 +396,75 @@ def _collect(records, source: str) -> tuple[pd.DataFrame, Counter]:
     return df, dropped
 
 
+def _first_line(path: Path) -> str:
+    """The first line of a (possibly gzipped) text file, without its line ending or BOM."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
+            return handle.readline().rstrip("\r\n")
+    except (UnicodeDecodeError, OSError, EOFError) as err:
+        first = " ".join(str(err).split()).split(". ")[0] or type(err).__name__  # one line
+        raise DataError(f"{path}: cannot read: {first}") from None
+
+
+def sniff_delimiter(path: str | os.PathLike, columns: tuple[str, ...]) -> str:
+    """Tab or comma: whichever splits the header into fields that include all `columns` (else
+    into the most fields).
+
+    Decided by content, not the file name: benchmark sets ship tab-separated `.csv` files.
+    """
+    path = Path(path)
+    header = _first_line(path)
+    if not header.strip():
+        raise DataError(f"{path}: file is empty")
+    fields = {
+        sep: [field.strip() for field in next(csv.reader([header], delimiter=sep))]
+        for sep in ("\t", ",")
+    }
+    for sep, names in fields.items():
+        if all(column in names for column in columns):
+            return sep
+    # Columns missing: the one that splits the header best, so the caller names what is there.
+    sep = max(fields, key=lambda sep: len(fields[sep]))
+    if len(fields[sep]) > 1:
+        return sep
+    shown = header if len(header) <= 120 else header[:117] + "..."
+    raise DataError(
+        f"{path}: the first line is not a tab- or comma-separated header with the columns "
+        f"{list(columns)}; it reads {shown!r}"
+    )
+
+
 def read_table(
     path: str | os.PathLike,
     id_column: str = "Entry",
     ec_column: str = "EC number",
     sequence_column: str = "Sequence",
 ) -> tuple[pd.DataFrame, Counter]:
-    """Read a UniProt-style TSV/CSV (.tsv/.tab/.txt tab, .csv comma; optionally .gz).
+    """Read a UniProt-style table, tab- or comma-separated (told from the header line, whatever
+    the extension), optionally gzipped.
 
     Returns (table with ec_class 0, dropped reasons). Rows without EC are dropped and counted;
     a repeated id with the same sequence is kept once; records are named "row N" (data rows,
     1-based, header excluded).
     """
     path = Path(path)
-    name = _strip_gz(path)
-    if name.endswith((".tsv", ".tab", ".txt")):
-        sep = "\t"
-    elif name.endswith(".csv"):
-        sep = ","
-    else:
-        raise DataError(f"{path}: unknown table extension; use .tsv, .tab, .txt or .csv (+ .gz)")
+    sep = sniff_delimiter(path, (id_column, ec_column, sequence_column))
     try:
-        raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, compression="infer")
+        raw = pd.read_csv(
+            path,
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            compression="gzip" if path.name.lower().endswith(".gz") else None,
+            encoding="utf-8-sig",
+        )
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
         first = " ".join(str(err).split()).split(". ")[0] or type(err).__name__  # one line
         raise DataError(f"{path}: cannot parse table: {first}") from None
+    raw.columns = [str(column).strip() for column in raw.columns]
     missing = [c for c in (id_column, ec_column, sequence_column) if c not in raw.columns]
     if missing:
         raise DataError(
@@ -477,8 +522,12 @@ def read_fasta(path: str | os.PathLike) -> tuple[pd.DataFrame, Counter]:
 
 
 def read_input(path: str | os.PathLike, **table_columns) -> tuple[pd.DataFrame, Counter]:
-    """read_fasta for .fasta/.fa/.faa/.fas(.gz), else read_table (column names passed through)."""
-    if _strip_gz(Path(path)).endswith(FASTA_SUFFIXES):
+    """read_fasta for .fasta/.fa/.faa/.fas(.gz) or a file starting with '>', else read_table
+    (column names passed through)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if _strip_gz(path).endswith(FASTA_SUFFIXES) or _first_line(path).startswith(">"):
         return read_fasta(path)
     return read_table(path, **table_columns)
 
