@@ -60,7 +60,8 @@ def test_same_config_same_numbers(finished_run, tmp_path):
     [
         ({"sweep": {"retention_ratios": [1.5]}}, "retention_ratios"),
         ({"scoring": {"methods": ["saliency"]}}, "methods"),
-        ({"finetune": {"epochs": -1}}, "epochs"),
+        ({"finetune": {"epochs": -1}}, "'finetune.epochs': -1 is less than the minimum of 1"),
+        ({"finetune": {"epoch": 5}}, "'finetune': Additional properties are not allowed ('epoch'"),
         ({"model": {"name": "esm3_huge"}}, "name"),
         ({"typo_key": 1}, "typo_key"),
         ({"data": {"source": "table", "table": {"path": "missing.tsv"}}}, "data.table.path"),
@@ -74,7 +75,13 @@ def test_bad_config_is_rejected_naming_the_key(tmp_path, override, message):
     path = make_workdir(tmp_path, override)
     result = snakemake(path, "--dry-run", check=False)
     assert result.returncode != 0
-    assert message in result.stdout + result.stderr
+    lines = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if not line.startswith("Using workflow specific profile")
+    ]
+    assert len(lines) == 1 and lines[0].startswith("config key '"), lines  # no traceback
+    assert message in lines[0]
     assert not (path / "results").exists()
 
 
@@ -89,3 +96,18 @@ def test_report_has_the_plots_and_their_captions(finished_run, tmp_path):
         words = re.split(r"[`*(]", caption.read_text().splitlines()[0])[0].strip()
         assert words and words in html, caption.name
     assert "accuracy_vs_retention.png" in html
+
+
+def test_logs_are_lines_not_progress_bars(finished_run):
+    logs = finished_run / "results/logs"
+    finetune = (logs / "finetune/seed0.log").read_text()
+    assert "\r" not in finetune
+    epochs = [line for line in finetune.splitlines() if " epoch 1/1 " in line]
+    assert len(epochs) == 1 and "sequences/s" in epochs[0] and "ETA" in epochs[0]
+    for step in ["score/seed0/ig/layer1.log", "score/seed0/activation.log"]:
+        text = (logs / step).read_text()
+        assert "\r" not in text and "sequences/s" in text, step
+    evaluation = json.loads(
+        (finished_run / "results/evaluation/seed0/ig/retention0.5.json").read_text()
+    )
+    assert evaluation["device"] == "cpu"  # sweep.device auto, on a machine without a GPU

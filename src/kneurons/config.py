@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from kneurons.errors import UserError
+
 
 def canonical(value):
     """`value` with every mapping's keys sorted (recursively) and tuples made lists."""
@@ -55,3 +57,18 @@ def conform(value, schema: Mapping):
     if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
         return [conform(item, schema["items"]) for item in value]
     return value
+
+
+class ConfigError(UserError):
+    """A config value the schema or a cross-key check rejects; one line naming the key."""
+
+
+def check_schema(config: Mapping, schema: Mapping) -> None:
+    """Raise ConfigError naming the key of the most relevant schema violation, if any."""
+    import jsonschema  # comes with snakemake; only the workflow needs this
+
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise ConfigError(f"config key '{key}': {' '.join(error.message.split())}")

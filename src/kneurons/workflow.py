@@ -278,7 +278,8 @@ def evaluate(input, output, params, wildcards) -> None:
     from kneurons import model, selection, train
 
     ratio = float(wildcards["ratio"])
-    classifier, meta = model.load_classifier(input.model, model.pick_device(params["device"]))
+    device = model.pick_device(params["device"])
+    classifier, meta = model.load_classifier(input.model, device)
     scores = pd.read_csv(input.scores, sep="\t")
     selected = selection.select(scores, ratio, params["normalize"])
     test = data.read_labelled(input.split).query("split == 'test'")
@@ -297,6 +298,7 @@ def evaluate(input, output, params, wildcards) -> None:
         "method": wildcards["method"],
         "retention": ratio,
         "normalize": params["normalize"],
+        "device": str(device),
         "n_neurons_total": int(len(selected)),
         "n_kept": int(selected["kept"].sum()),
         "test": metrics,

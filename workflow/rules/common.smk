@@ -2,6 +2,7 @@ import ast
 import hashlib
 import importlib.util
 import re
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -9,14 +10,19 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from kneurons.config import canonical, conform
+from kneurons.config import ConfigError, canonical, check_schema, conform
 
 min_version("9.0")
 
 CONFIG_SCHEMA = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+SCHEMA = yaml.safe_load(CONFIG_SCHEMA.read_text())
+try:
+    check_schema(config, SCHEMA)  # a bad value: one line naming the key, no traceback
+except ConfigError as err:
+    sys.exit(str(err))
 validate(config, str(CONFIG_SCHEMA), set_default=True)
 # One spelling per setting: keys sorted, numbers typed by the schema (kneurons.config).
-config.update(canonical(conform(config, yaml.safe_load(CONFIG_SCHEMA.read_text()))))
+config.update(canonical(conform(config, SCHEMA)))
 
 
 def settings(*mappings, **values):
@@ -33,7 +39,7 @@ def settings(*mappings, **values):
 
 
 def config_error(key, problem):
-    raise ValueError(f"config key '{key}': {problem}")
+    sys.exit(f"config key '{key}': {problem}")
 
 
 def check_config():
