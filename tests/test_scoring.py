@@ -193,3 +193,9 @@ def test_masks_and_counts_agree():
     assert sum(c["n_neurons"] for c in counts) == len(chosen)
     for c in counts:
         assert masks[(c["layer"], c["module"])].sum().item() == c["n_kept"]
+
+
+def test_scoring_leaves_requires_grad_as_it_was(tiny_classifier, sequences, labels):
+    assert all(p.requires_grad for p in tiny_classifier.parameters())
+    ig_scores(tiny_classifier, sequences, labels, 0, ["k_proj"], steps=2, progress=False)
+    assert all(p.requires_grad for p in tiny_classifier.parameters())  # later training works

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -212,9 +213,39 @@ def load_classifier(path, device: str | torch.device = "cpu") -> tuple[EnzymeCla
 
 
 def pick_device(requested: str = "auto") -> torch.device:
+    """`auto` is CUDA when available, else CPU; on CUDA, deterministic kernels are requested."""
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda":
+        request_determinism()
+    return device
+
+
+def request_determinism() -> None:
+    """Ask torch for deterministic CUDA kernels where it has them (warn, not fail, where not).
+
+    cuBLAS needs its workspace setting before its first use. Still not bitwise reproducible on
+    GPU: atomics-based reductions torch has no deterministic kernel for (it warns about them),
+    and results differ between GPU models, driver/CUDA versions and from the CPU.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """No weight gradients inside the block; every parameter's requires_grad is restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 @contextmanager

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 from esm.modules import gelu as esm_gelu
-from tqdm import tqdm
 
-from kneurons.model import EnzymeClassifier, encode, linear
+from kneurons.model import EnzymeClassifier, encode, frozen, linear
+from kneurons.progress import progress as report_progress
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,7 @@ def activation_scores(
         for module in modules
     ]
     try:
-        for chunk in tqdm(
-            _length_sorted_batches(sequences, batch_size), desc="activation", leave=False
-        ):
+        for chunk in report_progress(_length_sorted_batches(sequences, batch_size), "activation"):
             tokens = encode([sequences[i] for i in chunk], max_length).to(device)
             not_pad = (tokens != model.esm.padding_idx).double()
             state["token_weight"] = (not_pad / not_pad.sum(1, keepdim=True)).T  # (T, B)
@@ -137,40 +135,41 @@ def ig_scores(
     sequences x path steps run together in one forward/backward pass.
     """
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     alphas, weights = (t.to(device, dtype) for t in quadrature(rule, steps))
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     totals = {(layer, m): 0 for m in modules}
     batches = _length_sorted_batches(sequences, max(1, min(batch_size, rows_per_pass)))
-    for chunk in tqdm(batches, desc=f"IG layer {layer}", leave=False, disable=not progress):
-        tokens = encode([sequences[i] for i in chunk], max_length).to(device)
-        target = labels_t[chunk].to(device)
-        with torch.no_grad():
-            x, padding_mask = model.embed(tokens)
-            hidden = _layer_parts(
-                model, model.run_layers(x, padding_mask, 0, layer), padding_mask, layer
-            )
-        residues = (tokens != model.esm.padding_idx).T.unsqueeze(-1)  # (T, B, 1)
-        for module in modules:
-            attribution = _integrated_gradients(
-                model,
-                tokens,
-                hidden,
-                padding_mask,
-                target,
-                layer,
-                module,
-                alphas,
-                weights,
-                rows_per_pass,
-            )
-            attribution = attribution.masked_fill(~residues, 0).sum(0)  # (B, U)
-            if absolute:
-                attribution = attribution.abs()
-            totals[(layer, module)] = totals[(layer, module)] + attribution.double().sum(0).cpu()
+    with frozen(model):
+        for chunk in report_progress(batches, f"IG layer {layer}", summary=progress):
+            tokens = encode([sequences[i] for i in chunk], max_length).to(device)
+            target = labels_t[chunk].to(device)
+            with torch.no_grad():
+                x, padding_mask = model.embed(tokens)
+                hidden = _layer_parts(
+                    model, model.run_layers(x, padding_mask, 0, layer), padding_mask, layer
+                )
+            residues = (tokens != model.esm.padding_idx).T.unsqueeze(-1)  # (T, B, 1)
+            for module in modules:
+                attribution = _integrated_gradients(
+                    model,
+                    tokens,
+                    hidden,
+                    padding_mask,
+                    target,
+                    layer,
+                    module,
+                    alphas,
+                    weights,
+                    rows_per_pass,
+                )
+                attribution = attribution.masked_fill(~residues, 0).sum(0)  # (B, U)
+                if absolute:
+                    attribution = attribution.abs()
+                totals[(layer, module)] = (
+                    totals[(layer, module)] + attribution.double().sum(0).cpu()
+                )
     return {key: total / len(sequences) for key, total in totals.items()}
 
 

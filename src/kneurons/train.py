@@ -6,15 +6,16 @@ import copy
 import logging
 import math
 import random
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from kneurons.model import EnzymeClassifier, ablated, encode, load_esm_checkpoint
+from kneurons.progress import format_seconds, progress
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +151,13 @@ def finetune(
         len(val),
         len(classes),
     )
+    started = time.monotonic()
     for epoch in range(1, epochs + 1):
         model.train()
         total_loss, correct = 0.0, 0
-        for chunk in tqdm(
-            batches(len(train), batch_size, generator), desc=f"epoch {epoch}", leave=False
+        epoch_start = time.monotonic()
+        for chunk in progress(
+            batches(len(train), batch_size, generator), f"epoch {epoch}", summary=False
         ):
             tokens = encode([sequences[i] for i in chunk], max_length).to(device)
             target = labels[chunk].to(device)
@@ -166,6 +169,7 @@ def finetune(
             scheduler.step()
             total_loss += loss.item() * len(chunk)
             correct += int((logits.argmax(-1) == target).sum())
+        train_seconds = time.monotonic() - epoch_start
         val_metrics = evaluate(model, val, classes, batch_size=batch_size, max_length=max_length)
         row = {
             "epoch": epoch,
@@ -175,10 +179,19 @@ def finetune(
             "val_accuracy": val_metrics["accuracy"],
         }
         history.append(row)
+        per_epoch = (time.monotonic() - started) / epoch
         log.info(
-            "epoch %(epoch)d train_loss %(train_loss).4f train_acc %(train_accuracy).3f "
-            "val_loss %(val_loss).4f val_acc %(val_accuracy).3f",
-            row,
+            "epoch %d/%d train_loss %.4f train_acc %.3f val_loss %.4f val_acc %.3f "
+            "| %.1f sequences/s, %s per epoch, ETA %s",
+            epoch,
+            epochs,
+            row["train_loss"],
+            row["train_accuracy"],
+            row["val_loss"],
+            row["val_accuracy"],
+            len(train) / train_seconds if train_seconds > 0 else float("inf"),
+            format_seconds(per_epoch),
+            format_seconds(per_epoch * (epochs - epoch)),
         )
         if best is None or row["val_accuracy"] > best["val_accuracy"]:
             best, best_state = row, copy.deepcopy(model.state_dict())
