@@ -140,6 +140,31 @@ def test_bad_input_shows_one_line_naming_file_and_record(
     assert "Traceback" not in output_of(result)
 
 
+def test_tab_separated_csv_table_runs_and_reruns_on_content_not_path(tmp_path):
+    """A benchmark set's tab-separated .csv: read by content; editing it reruns the download,
+    spelling its path another way does not."""
+    rng = random.Random(5)
+    rows = [f"A{c}{i}\t{c}.1.1.{i}\t{protein(rng)}\n" for c in (1, 2, 3) for i in range(6)]
+    table = tmp_path / "data" / "benchmark.csv"
+    table.parent.mkdir()
+    table.write_text("Entry\tEC number\tSequence\n" + "".join(rows))
+    path = make_workdir(tmp_path, table_config(table))
+    snakemake(path, "results/data/split.tsv")
+    sequences = pd.read_csv(path / "results/data/sequences.tsv", sep="\t")
+    assert len(sequences) == 18
+
+    def planned() -> str:
+        return output_of(snakemake(path, "--dry-run", "results/data/split.tsv"))
+
+    assert "Nothing to be done" in planned()
+    config = read_config(path)
+    config["data"]["table"]["path"] = str(table.parent / "." / "benchmark.csv")
+    write_config(path, config)
+    assert "Nothing to be done" in planned()
+    table.write_text(table.read_text() + f"B1\t1.2.1.1\t{protein(rng)}\n")
+    assert "download" in planned() and "Nothing to be done" not in planned()
+
+
 def test_dropped_rows_are_logged_and_a_small_class_fails_the_split(tmp_path):
     rng = random.Random(3)
     rows = [(f"A{c}{i}", f"{c}.1.1.1", protein(rng)) for c in (1, 2) for i in range(8)]

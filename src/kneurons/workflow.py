@@ -106,7 +106,7 @@ def download(input, output, params, wildcards) -> None:
         name = u["url"]
     else:
         t = params["table"]
-        path = t["path"]
+        path = input.table
         table, dropped_read = data.read_input(
             path,
             id_column=t["id_column"],

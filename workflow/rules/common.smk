@@ -1,6 +1,7 @@
 import ast
 import hashlib
 import importlib.util
+import os
 import re
 import sys
 from functools import cache
@@ -170,12 +171,36 @@ def num_layers():
 
 
 def download_params():
-    """Only the active source's settings, so editing another source reruns nothing."""
+    """Only the active source's settings, so editing another source reruns nothing.
+
+    A user table is an input of `download`; its content hash stands in for its path, so
+    editing the table reruns the DAG (the `input` rerun trigger only sees the file set) and
+    moving it or spelling its path another way does not.
+    """
     data = config["data"]
     keys = ["source", "classes", "min_length", "max_length", "nonstandard"]
     params = {key: data[key] for key in keys}
-    params[data["source"]] = data[data["source"]]
+    source = dict(data[data["source"]])
+    if data["source"] == "table":
+        source["sha256"] = file_sha256(source.pop("path"))
+    params[data["source"]] = source
     return params
+
+
+def user_table():
+    """The user's table (data.table.path) when data.source is table, else nothing."""
+    if config["data"]["source"] != "table":
+        return []
+    return os.path.normpath(config["data"]["table"]["path"])
+
+
+@cache
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def scoring_params(*keys):

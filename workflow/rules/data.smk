@@ -1,4 +1,6 @@
 rule download:
+    input:
+        table=user_table(),
     output:
         table="results/data/sequences.tsv",
         info="results/data/download.json",
