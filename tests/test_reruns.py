@@ -105,7 +105,14 @@ def test_plot_style_change_reruns_only_plots(run_copy):
     assert counts == {"plots": 1, "all": 1}
 
 
-def test_scoring_code_change_reruns_scoring_not_finetune(run_copy, tmp_path):
+@pytest.mark.parametrize(
+    "module, expected",
+    [
+        ("scoring.py", {**SEED_SCORING, "evaluate": 6, **TAIL}),
+        ("download.py", {}),  # the UniProt client does not decide a synthetic run
+    ],
+)
+def test_code_change_reruns_what_it_decides(run_copy, tmp_path, module, expected):
     """code_version() hashes the kneurons package that Python imports; edit a copy of it.
 
     The copy goes first on PYTHONPATH, so the package in src/ (which others may be
@@ -116,11 +123,11 @@ def test_scoring_code_change_reruns_scoring_not_finetune(run_copy, tmp_path):
     shutil.copytree(package, site / "kneurons", ignore=shutil.ignore_patterns("__pycache__"))
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     assert job_counts(run_copy, env) == {}  # the copy hashes like the original
-    with open(site / "kneurons/scoring.py", "a") as scoring:
-        scoring.write("\n# an edit of the scoring code\n")
+    with open(site / "kneurons" / module, "a") as source:
+        source.write("\n# an edit\n")
     counts = job_counts(run_copy, env)
-    report("scoring.py edited", counts)
-    assert counts == {**SEED_SCORING, "evaluate": 6, **TAIL}
+    report(f"{module} edited", counts)
+    assert counts == expected
 
 
 # --- the same settings written another way rerun nothing -------------------------------------

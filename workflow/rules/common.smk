@@ -187,6 +187,13 @@ def download_params():
     return params
 
 
+def download_code():
+    """The code that decides the download: the UniProt client only when it is used."""
+    if config["data"]["source"] == "uniprot":
+        return code_version("data", "download")
+    return code_version("data")
+
+
 def user_table():
     """The user's table (data.table.path) when data.source is table, else nothing."""
     if config["data"]["source"] != "table":

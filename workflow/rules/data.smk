@@ -13,7 +13,7 @@ rule download:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=settings(download_params(), code=code_version("data", "download")),
+        settings=settings(download_params(), code=download_code()),
     script:
         "../scripts/download.py"
 
