@@ -12,17 +12,32 @@ Endpoints:
   /files/<name>      the bytes in `files[name]` (name may contain slashes).
 
 Faults (one per request, consumed in order from `server.faults`):
-  "ok"           no fault (use to let some requests through before a fault)
-  "<status>"     e.g. "500", "503", "404": that status; `retry_after` adds a Retry-After header
-  "drop"         full Content-Length, half the body, then a TCP reset
-  "short"        full Content-Length, half the body, then an orderly close
-  "slow"         sleep `delay` seconds before answering normally
-  "wrong_total"  X-Total-Results off by 7 (search only)
+  "ok"             no fault (use to let some requests through before a fault)
+  "<status>"       e.g. "500", "503", "404": that status; `retry_after` adds a Retry-After
+                   header, `retry_after_date` one with the HTTP date that many seconds ahead
+  "drop"           full Content-Length, half the body, then a TCP reset
+  "short"          full Content-Length, half the body, then an orderly close
+  "slow"           sleep `delay` seconds before answering normally
+  "trickle"        the body in `piece`-byte pieces every `delay` seconds (default 0.05): every
+                   read gets bytes soon, so only a deadline on the whole body ends it
+  "cut_gzip"       the gzip body cut in half, with a Content-Length matching the cut body
+  "close_mid_row"  the plain body cut in the middle of a row, no Content-Length, then close
+  "html"           200 with a text/html maintenance page
+  "wrong_total"    X-Total-Results off by 7 (search only)
+  "missing_rows"   the page's last row left out, otherwise complete (search only)
+  "wrong_columns"  another header row (search only)
+
+`content_length=False` sends any of these without Content-Length, ending the body by closing.
+
+Each request is logged in `server.log` with path, params, fault, gzip and `time` (monotonic
+seconds on arrival), so tests can measure the waits between attempts.
 """
 
 from __future__ import annotations
 
+import email.utils
 import gzip
+import itertools
 import re
 import socket
 import struct
@@ -38,7 +53,10 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 class Fault:
     kind: str
     retry_after: str | int | float | None = None
+    retry_after_date: float | None = None
     delay: float = 0.0
+    piece: int = 16
+    content_length: bool = True
     body: str = "injected fault"
 
 
@@ -65,16 +83,19 @@ class FakeServer:
         release: str = "2026_04",
         release_date: str | None = "01-October-2026",
         gzip_enabled: bool = True,
+        port: int = 0,
     ):
         self.entries = [e if isinstance(e, Entry) else Entry(*e) for e in entries]
         self.files = dict(files or {})
         self.release = release
         self.release_date = release_date
         self.gzip_enabled = gzip_enabled
+        self.port = port
         self.faults: deque[Fault] = deque()
         self.log: list[dict] = []  # one dict per request received
         self.lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
+        self._url: str | None = None
         self._thread: threading.Thread | None = None
 
     # -- control ------------------------------------------------------------------------------
@@ -87,16 +108,23 @@ class FakeServer:
         with self.lock:
             return sum(1 for r in self.log if path is None or r["path"] == path)
 
+    def gaps(self) -> list[float]:
+        """Seconds between the arrivals of consecutive requests."""
+        with self.lock:
+            times = [r["time"] for r in self.log]
+        return [b - a for a, b in itertools.pairwise(times)]
+
     @property
     def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        assert self._url is not None, "server not started"
+        return self._url
 
     def start(self) -> FakeServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.fake = self  # type: ignore[attr-defined]
+        host, port = self._httpd.server_address[:2]
+        self._url = f"http://{host}:{port}"  # kept after stop() for requests still in flight
         # Short poll interval: shutdown() waits up to one interval.
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
@@ -133,9 +161,15 @@ class FakeServer:
         size = int(params.get("size", 25))
         offset = int(params.get("cursor", "o0")[1:])
         page = matches[offset : offset + size]
-        body = "Entry\tEC number\tSequence\n" + "".join(
-            f"{e.accession}\t{e.ec}\t{e.sequence}\n" for e in page
+        kind = fault.kind if fault else None
+        if kind == "missing_rows":
+            page = page[:-1]
+        header = (
+            "Entry\tEntry Name\tSequence"
+            if kind == "wrong_columns"
+            else "Entry\tEC number\tSequence"
         )
+        body = header + "\n" + "".join(f"{e.accession}\t{e.ec}\t{e.sequence}\n" for e in page)
         total = len(matches) + (7 if fault and fault.kind == "wrong_total" else 0)
         headers = {
             "Content-Type": "text/plain; format=tsv",
@@ -164,7 +198,12 @@ class _Handler(BaseHTTPRequestHandler):
         accept_gzip = "gzip" in self.headers.get("Accept-Encoding", "")
         with fake.lock:
             fault = fake.faults.popleft() if fake.faults else None
-            record = {"path": split.path, "params": params, "fault": fault and fault.kind}
+            record = {
+                "path": split.path,
+                "params": params,
+                "fault": fault and fault.kind,
+                "time": time.monotonic(),
+            }
             fake.log.append(record)
 
         if fault and fault.kind == "slow":
@@ -174,6 +213,12 @@ class _Handler(BaseHTTPRequestHandler):
             status, headers, body = int(fault.kind), {}, fault.body.encode()
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(fault.retry_after)
+            if fault.retry_after_date is not None:
+                when = time.time() + fault.retry_after_date
+                headers["Retry-After"] = email.utils.formatdate(when, usegmt=True)
+        elif fault and fault.kind == "html":
+            status, headers = 200, {"Content-Type": "text/html; charset=utf-8"}
+            body = b"<html><body><h1>UniProt is down for maintenance</h1></body></html>"
         elif split.path == "/uniprotkb/search":
             status, headers, body = fake.search(params, fault)
         elif split.path.startswith("/files/") and unquote(split.path[7:]) in fake.files:
@@ -182,17 +227,33 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             status, headers, body = 404, {}, f"not found: {split.path}".encode()
 
-        if status == 200 and accept_gzip and fake.gzip_enabled:
+        kind = fault.kind if fault else None
+        if kind == "close_mid_row":
+            # Plain text, cut a few characters into the last row; the end is the close.
+            body = body[: body.rindex(b"\n", 0, len(body) - 1) + 5]
+        elif status == 200 and accept_gzip and fake.gzip_enabled:
             body = gzip.compress(body)
             headers["Content-Encoding"] = "gzip"
+            if kind == "cut_gzip":
+                body = body[: len(body) // 2]
         record["gzip"] = headers.get("Content-Encoding") == "gzip"
+        if kind != "close_mid_row" and (fault is None or fault.content_length):
+            headers["Content-Length"] = str(len(body))
+        else:
+            headers["Connection"] = "close"
+            self.close_connection = True
 
         try:
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if kind == "trickle":
+                for i in range(0, len(body), fault.piece):
+                    self.wfile.write(body[i : i + fault.piece])
+                    self.wfile.flush()
+                    time.sleep(fault.delay or 0.05)
+                return
             if fault and fault.kind in ("drop", "short"):
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
@@ -201,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self._reset()
                 return
             self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # e.g. broken pipe, reset
             # The client gave up (e.g. timed out on a slow response).
             self.close_connection = True
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import random
+import socket
+import threading
+import time
 
 import pandas as pd
 import pytest
@@ -42,11 +45,7 @@ def make_entries() -> list[Entry]:
     return entries
 
 
-class Sleeps(list):
-    """Records requested sleeps instead of sleeping."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
+FAST = {"backoff": 0, "timeout": 0.5}  # no waits between attempts; trickles fail in 0.5 s
 
 
 @pytest.fixture
@@ -54,11 +53,6 @@ def server():
     payload = b"".join(bytes([i % 251]) for i in range(50_000))
     with FakeServer(make_entries(), files={"blob.bin": payload}) as srv:
         yield srv
-
-
-@pytest.fixture
-def sleeps():
-    return Sleeps()
 
 
 def leftovers(path):
@@ -69,97 +63,142 @@ def pages_for(n: int) -> int:
     return -(-n // PAGE)
 
 
+def assert_one_line(msg: str, *parts: str) -> None:
+    assert "\n" not in msg
+    for part in parts:
+        assert part in msg, (part, msg)
+
+
 # --- fetch ------------------------------------------------------------------------------------
 
 
+def get(url: str, **kw):
+    """fetch(url) in a fresh session, asking for the bytes as they are (no gzip)."""
+    with requests.Session() as session:
+        return fetch(session, url, headers={"Accept-Encoding": "identity"}, **kw)
+
+
 @pytest.mark.parametrize(
-    "fault, expected_sleep",
+    "fault",
     [
-        (Fault("500"), 1.0),
-        (Fault("502"), 1.0),
-        (Fault("504"), 1.0),
-        (Fault("429", retry_after=7), 7.0),
-        (Fault("503", retry_after=3), 3.0),
-        (Fault("429", retry_after=120), 60.0),  # capped
-        (Fault("503", retry_after="Wed, 21 Oct 2015 07:28:00 GMT"), 1.0),  # date: use backoff
-        (Fault("drop"), 1.0),
-        (Fault("short"), 1.0),
+        Fault("429"),
+        Fault("500"),
+        Fault("502"),
+        Fault("503"),
+        Fault("504"),
+        Fault("503", retry_after="Wed, 21 Oct 2015 07:28:00 GMT"),  # in the past: no wait
+        Fault("503", retry_after="soon"),  # unparseable: plain backoff
+        Fault("drop"),
+        Fault("short"),
+        Fault("slow", delay=1.0),
+        Fault("trickle"),
+        Fault("trickle", content_length=False),
     ],
-    ids=lambda v: v.kind if isinstance(v, Fault) else None,
+    ids=lambda f: f"{f.kind}-{f.retry_after}-{f.content_length}",
 )
-def test_fetch_survives_fault(server, sleeps, fault, expected_sleep):
+def test_fetch_survives_fault(server, fault):
     server.inject(fault)
-    with requests.Session() as session:
-        resp = fetch(session, server.url + "/files/blob.bin", sleep=sleeps)
-    assert resp.content == server.files["blob.bin"]
+    resp, body = get(server.url + "/files/blob.bin", **FAST)
+    assert body == server.files["blob.bin"] and resp.status_code == 200
     assert server.count() == 2
-    assert sleeps == [expected_sleep]
 
 
-def test_fetch_exponential_backoff(server, sleeps):
+def test_fetch_deadline_is_exact(server):
+    # A piece every 0.45 s: with per-read timeouts alone the attempt would end with the read
+    # that returns at 0.9 s; the watchdog ends it at the 0.5 s deadline.
+    server.inject(Fault("trickle", delay=0.45))
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"failed after 1 attempts.*0.5 s deadline"):
+        get(server.url + "/files/blob.bin", timeout=0.5, retries=0)
+    assert time.monotonic() - start < 0.75
+
+
+def test_fetch_exponential_backoff(server):
     server.inject("500", "503", "500")
-    with requests.Session() as session:
-        fetch(session, server.url + "/files/blob.bin", backoff=0.5, sleep=sleeps)
-    assert sleeps == [0.5, 1.0, 2.0]
+    get(server.url + "/files/blob.bin", backoff=0.1)
     assert server.count() == 4
+    gaps = server.gaps()  # urllib3: no wait before the first retry, then 0.2 s, 0.4 s
+    assert gaps[0] < 0.15 and 0.2 <= gaps[1] < 0.4 and 0.4 <= gaps[2] < 0.7
 
 
-def test_fetch_gives_up_after_budget(server, sleeps):
+def test_fetch_honours_retry_after_seconds_and_http_date(server):
+    server.inject(Fault("429", retry_after=1), Fault("503", retry_after_date=2))
+    get(server.url + "/files/blob.bin", backoff=0)
+    assert server.count() == 3
+    seconds, date = server.gaps()
+    assert 0.95 <= seconds < 1.3
+    assert 0.95 <= date < 2.3  # the date has whole seconds: 2 s ahead means 1 to 2 s
+
+
+def test_fetch_caps_retry_after(server, monkeypatch):
+    monkeypatch.setattr(dl, "MAX_RETRY_AFTER", 0.3)
+    server.inject(Fault("429", retry_after=120), Fault("503", retry_after_date=3600))
+    get(server.url + "/files/blob.bin", backoff=0)
+    assert server.count() == 3
+    assert all(0.25 <= gap < 0.6 for gap in server.gaps())
+
+
+def test_fetch_gives_up_after_budget(server):
     server.inject(*["503"] * 3)
-    with requests.Session() as session, pytest.raises(DownloadError) as err:
-        fetch(session, server.url + "/files/blob.bin", retries=2, sleep=sleeps)
-    msg = str(err.value)
-    assert "\n" not in msg
-    assert "/files/blob.bin" in msg and "3 attempts" in msg and "HTTP 503" in msg
-    assert server.count() == 3 and len(sleeps) == 2
-
-
-def test_fetch_client_error_fails_at_once(server, sleeps):
-    server.inject(Fault("404", body="no such\nthing " + "x" * 500))
-    with requests.Session() as session, pytest.raises(DownloadError) as err:
-        fetch(session, server.url + "/files/blob.bin", sleep=sleeps)
-    msg = str(err.value)
-    assert "HTTP 404" in msg and "no such thing" in msg and "\n" not in msg
-    assert len(msg) < 400  # body quoted to 200 chars
-    assert server.count() == 1 and sleeps == []
-
-
-def test_fetch_slow_response_times_out_and_retries(server, sleeps):
-    server.inject(Fault("slow", delay=1.0))
     with requests.Session() as session:
-        resp = fetch(session, server.url + "/files/blob.bin", timeout=0.3, sleep=sleeps)
-    assert resp.ok and server.count() == 2 and len(sleeps) == 1
+        before = {prefix: a.max_retries for prefix, a in session.adapters.items()}
+        with pytest.raises(DownloadError) as err:
+            fetch(session, server.url + "/files/blob.bin", retries=2, backoff=0)
+        # The session's own retry policy is back as it was.
+        assert {prefix: a.max_retries for prefix, a in session.adapters.items()} == before
+    assert_one_line(str(err.value), "/files/blob.bin", "3 attempts", "HTTP 503")
+    assert server.count() == 3
 
 
-def test_fetch_connection_refused_is_retried(sleeps):
-    with FakeServer() as srv:
-        url = srv.url + "/files/x"
-    # Server stopped: the port now refuses connections.
-    with requests.Session() as session, pytest.raises(DownloadError) as err:
-        fetch(session, url, retries=1, timeout=2, sleep=sleeps)
-    assert "2 attempts" in str(err.value) and "ConnectionError" in str(err.value)
-    assert len(sleeps) == 1
+@pytest.mark.parametrize("retries, ok", [(3, False), (4, True)])
+def test_fetch_shares_one_budget_between_urllib3_and_body_checks(server, retries, ok):
+    # urllib3 retries the statuses, fetch the cut and the trickling body: 4 faults in all.
+    server.inject("500", "drop", "503", Fault("trickle"))
+    if ok:
+        assert get(server.url + "/files/blob.bin", retries=retries, **FAST)[1]
+    else:
+        with pytest.raises(DownloadError, match=r"failed after 4 attempts.*deadline"):
+            get(server.url + "/files/blob.bin", retries=retries, **FAST)
+    assert server.count() == retries + 1
 
 
-def test_fetch_detects_short_body_without_urllib3():
-    """Our own Content-Length check, for transports that do not enforce it."""
+def test_fetch_client_error_fails_at_once(server):
+    server.inject(Fault("404", body="no such\nthing " + "x" * 500))
+    with pytest.raises(DownloadError) as err:
+        get(server.url + "/files/blob.bin", backoff=0)
+    msg = str(err.value)
+    assert_one_line(msg, "/files/blob.bin", "HTTP 404", "no such thing")
+    assert len(msg) < 400  # body quoted to 200 chars
+    assert server.count() == 1
 
-    def response(body: bytes, declared: int) -> requests.Response:
-        resp = requests.Response()
-        resp.status_code, resp._content, resp.url = 200, body, "http://127.0.0.1/x"
-        resp.headers["Content-Length"] = str(declared)
-        return resp
 
-    class StubSession:
-        def __init__(self):
-            self.replies = [response(b"abc", 10), response(b"0123456789", 10)]
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-        def get(self, url, **kw):
-            return self.replies.pop(0)
 
-    sleeps = Sleeps()
-    resp = fetch(StubSession(), "http://127.0.0.1/x", sleep=sleeps)
-    assert resp.content == b"0123456789" and sleeps == [1.0]
+def test_fetch_connection_refused_for_good():
+    url = f"http://127.0.0.1:{free_port()}/files/x"
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        get(url, retries=2, backoff=0, timeout=2)
+    assert_one_line(str(err.value), url, "3 attempts", "Connection refused")
+    assert time.monotonic() - start < 2
+
+
+def test_fetch_connection_refused_then_up():
+    port = free_port()
+    late = FakeServer(files={"x": b"hello"}, port=port)
+    starter = threading.Timer(0.3, late.start)
+    starter.start()
+    try:
+        # Attempts at about 0, 0, 0.4 and 1.2 s.
+        _, body = get(f"http://127.0.0.1:{port}/files/x", backoff=0.2)
+        assert body == b"hello" and late.count() == 1
+    finally:
+        starter.join()
+        late.stop()
 
 
 # --- UniProt ----------------------------------------------------------------------------------
@@ -169,11 +208,9 @@ def expected_matches(server: FakeServer, c: int) -> set[str]:
     return {e.accession for e in server.entries if e.in_class(c) and 50 <= len(e.sequence) <= 1000}
 
 
-def test_download_uniprot_paginates_and_samples(server, sleeps, tmp_path):
+def test_download_uniprot_paginates_and_samples(server, tmp_path):
     out = tmp_path / "uniprot.tsv"
-    info = download_uniprot(
-        out, base_url=server.url, per_class=12, page_size=PAGE, seed=3, sleep=sleeps
-    )
+    info = download_uniprot(out, base_url=server.url, per_class=12, page_size=PAGE, seed=3)
     table = pd.read_csv(out, sep="\t", dtype={"Entry": str})
     assert list(table.columns) == ["Entry", "EC number", "Sequence", "query_class"]
     assert table.groupby("query_class").size().to_dict() == {c: 12 for c in range(1, 7)}
@@ -182,7 +219,7 @@ def test_download_uniprot_paginates_and_samples(server, sleeps, tmp_path):
         assert kept <= expected_matches(server, c)  # length filter and class honoured
     # >= 3 pages per class, no retries needed.
     n_pages = sum(pages_for(len(expected_matches(server, c))) for c in range(1, 7))
-    assert n_pages >= 18 and server.count("/uniprotkb/search") == n_pages and sleeps == []
+    assert n_pages >= 18 and server.count("/uniprotkb/search") == n_pages
     assert all(r["gzip"] for r in server.log)  # we asked for gzip and got it
     assert info["release"] == "2026_04" and info["release_date"] == "01-October-2026"
     assert info["counts"]["1"] == {"received": 26, "kept": 12}
@@ -219,53 +256,121 @@ def test_uniprot_without_gzip_gives_same_table(server, tmp_path):
     assert zipped.read_bytes() == plain.read_bytes()
 
 
-def test_uniprot_survives_faults_mid_pagination(server, sleeps, tmp_path):
+def test_uniprot_accepts_tab_separated_values_type(server, tmp_path, monkeypatch):
+    original = server.search
+
+    def tsv_type(params, fault):
+        status, headers, body = original(params, fault)
+        return status, {**headers, "Content-Type": "text/tab-separated-values"}, body
+
+    monkeypatch.setattr(server, "search", tsv_type)
+    download_uniprot(tmp_path / "u.tsv", base_url=server.url, classes=(4,), page_size=PAGE)
+    assert server.count() == 3
+
+
+# Every fault class, with what the error must say when it persists. Each is injected on the
+# second page of class 1 (three pages); its URL carries a cursor.
+UNIPROT_FAULTS = {
+    "429": (Fault("429"), "HTTP 429"),
+    "500": (Fault("500"), "HTTP 500"),
+    "502": (Fault("502"), "HTTP 502"),
+    "503": (Fault("503"), "HTTP 503"),
+    "504": (Fault("504"), "HTTP 504"),
+    "retry_after_date": (Fault("503", retry_after_date=1), "HTTP 503"),
+    "drop": (Fault("drop"), "Connection broken"),
+    "short": (Fault("short"), "IncompleteRead"),
+    "slow": (Fault("slow", delay=1.0), "Read timed out"),
+    "trickle": (Fault("trickle"), "deadline"),
+    "cut_gzip": (Fault("cut_gzip"), "gzip body cut short"),
+    "close_mid_row": (Fault("close_mid_row"), "does not end with a newline"),
+    "html": (Fault("html"), "response is not TSV (Content-Type 'text/html; charset=utf-8'): "),
+    "missing_rows": (Fault("missing_rows"), "9 rows on a page with a next link"),
+    "wrong_columns": (Fault("wrong_columns"), "header row is 'Entry\\tEntry Name\\tSequence'"),
+    "wrong_total": (Fault("wrong_total"), "X-Total-Results 33 differs from 26"),
+}
+
+
+def download_class_1(server, out, **kw):
+    kw = {**FAST, **kw}
+    return download_uniprot(out, base_url=server.url, classes=(1,), page_size=PAGE, **kw)
+
+
+@pytest.mark.parametrize("name", UNIPROT_FAULTS)
+def test_uniprot_recovers_from_one_fault(server, tmp_path, name):
+    reference = tmp_path / "reference.tsv"
+    download_class_1(server, reference)
+    assert server.count() == 3
+    server.inject("ok", UNIPROT_FAULTS[name][0])
+    out = tmp_path / "out" / "u.tsv"
+    download_class_1(server, out)
+    assert server.count() == 3 + 4  # one retry
+    assert out.read_bytes() == reference.read_bytes()
+    assert leftovers(out.parent) == ["u.tsv"]
+
+
+@pytest.mark.parametrize("name", UNIPROT_FAULTS)
+def test_uniprot_persistent_fault_fails_cleanly(server, tmp_path, name):
+    fault, problem = UNIPROT_FAULTS[name]
+    server.inject("ok", *[fault] * 3)
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        download_class_1(server, tmp_path / "u.tsv", retries=2)
+    elapsed = time.monotonic() - start
+    # 3 attempts of at most timeout (0.5 s) each, plus 2 Retry-After waits of at most 1 s.
+    assert elapsed < 3 * 0.5 + 2 * 1 + 0.5
+    msg = str(err.value)
+    assert_one_line(msg, f"GET {server.url}/uniprotkb/search?", "cursor=o10", "3 attempts", problem)
+    assert "release" not in msg  # e.g. a 200 HTML page is no release change
+    assert server.count() == 4
+    assert leftovers(tmp_path) == []
+
+
+def test_uniprot_one_budget_per_page(server, tmp_path):
+    faults = ("500", Fault("cut_gzip"), "503", Fault("html"))
+    server.inject("ok", *faults)
+    with pytest.raises(DownloadError, match=r"failed after 4 attempts.*not TSV"):
+        download_class_1(server, tmp_path / "u.tsv", retries=3)
+    assert server.count() == 1 + 4 and leftovers(tmp_path) == []
+    server.inject("ok", *faults)
+    download_class_1(server, tmp_path / "u.tsv", retries=4)
+    assert server.count() == 5 + 3 + 4
+
+
+def test_uniprot_survives_faults_mid_pagination(server, tmp_path):
+    reference = tmp_path / "reference.tsv"
+    download_uniprot(reference, base_url=server.url, classes=(1, 2), per_class=12, page_size=PAGE)
     # Class 1 page 2 fails three different ways, class 2 page 1 is rate limited.
-    server.inject("ok", "500", "drop", "short", "ok", "ok", Fault("429", retry_after=5))
+    server.inject("ok", "500", "drop", "short", "ok", "ok", Fault("429", retry_after=0))
     out = tmp_path / "u.tsv"
     info = download_uniprot(
-        out, base_url=server.url, classes=(1, 2), per_class=12, page_size=PAGE, sleep=sleeps
+        out, base_url=server.url, classes=(1, 2), per_class=12, page_size=PAGE, backoff=0
     )
-    assert sleeps == [1.0, 2.0, 4.0, 5.0]
-    assert server.count() == 3 + 3 + 4
+    assert server.count() == 6 + 3 + 3 + 4
     assert info["counts"]["1"] == {"received": 26, "kept": 12}
-    assert len(pd.read_csv(out, sep="\t")) == 24
+    assert out.read_bytes() == reference.read_bytes()
 
 
-def test_uniprot_slow_page_times_out_and_is_retried(server, sleeps, tmp_path):
-    server.inject("ok", Fault("slow", delay=1.0))
-    out = tmp_path / "u.tsv"
-    download_uniprot(
-        out,
-        base_url=server.url,
-        classes=(5,),
-        per_class=3,
-        page_size=PAGE,
-        timeout=0.3,
-        sleep=sleeps,
-    )
-    assert server.count() == 4 and len(sleeps) == 1 and out.exists()
-
-
-def test_uniprot_past_retry_budget_leaves_nothing(server, sleeps, tmp_path):
+def test_uniprot_past_retry_budget_leaves_nothing(server, tmp_path):
     # Class 1 succeeds, then class 2 fails for good: no output at all.
     server.inject("ok", "ok", "ok", "500", "500", "500")
     out = tmp_path / "u.tsv"
     with pytest.raises(DownloadError) as err:
         download_uniprot(
-            out, base_url=server.url, classes=(1, 2), page_size=PAGE, retries=2, sleep=sleeps
+            out, base_url=server.url, classes=(1, 2), page_size=PAGE, retries=2, backoff=0
         )
-    msg = str(err.value)
-    assert "\n" not in msg and "3 attempts" in msg and "HTTP 500" in msg
-    assert "/uniprotkb/search" in msg and "ec%3A2.%2A" in msg
+    assert_one_line(str(err.value), "3 attempts", "HTTP 500", "/uniprotkb/search", "ec%3A2.%2A")
     assert leftovers(tmp_path) == []
 
 
-def test_uniprot_wrong_total_is_reported(server, sleeps, tmp_path):
+def test_uniprot_wrong_total_is_reported(server, tmp_path):
+    server.inject(*["wrong_total"] * 3)  # every page says 33
+    with pytest.raises(DownloadError) as err:
+        download_class_1(server, tmp_path / "u.tsv", retries=0)
+    assert_one_line(str(err.value), "cursor=o20", "got 26 records but X-Total-Results said 33")
+    # A wrong total on the first page cannot be told from the right one on the next.
     server.inject("wrong_total")
-    out = tmp_path / "u.tsv"
-    with pytest.raises(DownloadError, match=r"got 26 records but X-Total-Results said 33"):
-        download_uniprot(out, base_url=server.url, classes=(1,), page_size=PAGE, sleep=sleeps)
+    with pytest.raises(DownloadError, match=r"cursor=o10.*X-Total-Results 26 differs from 33"):
+        download_class_1(server, tmp_path / "u.tsv", retries=1)
     assert leftovers(tmp_path) == []
 
 
@@ -281,13 +386,14 @@ def test_uniprot_release_change_mid_pagination_is_reported(server, tmp_path, mon
     monkeypatch.setattr(server, "search", switching)
     with pytest.raises(DownloadError, match=r"release changed during pagination"):
         download_uniprot(tmp_path / "u.tsv", base_url=server.url, classes=(1,), page_size=PAGE)
+    assert server.count() == 2  # no retries: a new release will not go away
     assert leftovers(tmp_path) == []
 
 
 # --- files and checkpoints --------------------------------------------------------------------
 
 
-def test_download_file_retries_dropped_connection(server, sleeps, tmp_path):
+def test_download_file_retries_dropped_connection(server, tmp_path):
     server.inject("drop", "short")
     dest = tmp_path / "sub" / "blob.bin"
     seen = []
@@ -295,13 +401,44 @@ def test_download_file_retries_dropped_connection(server, sleeps, tmp_path):
         server.url + "/files/blob.bin",
         dest,
         verify=lambda p: seen.append(p.read_bytes()),
-        sleep=sleeps,
+        backoff=0,
     )
     assert path == dest and dest.read_bytes() == server.files["blob.bin"]
     assert seen == [server.files["blob.bin"]]  # verify saw the complete file, before rename
-    assert server.count() == 3 and sleeps == [1.0, 2.0]
+    assert server.count() == 3
     assert not any(r["gzip"] for r in server.log)
     assert leftovers(dest.parent) == ["blob.bin"]
+
+
+@pytest.mark.parametrize("content_length", [True, False])
+def test_download_file_trickle(server, tmp_path, content_length):
+    url, dest = server.url + "/files/blob.bin", tmp_path / "blob.bin"
+    trickle = Fault("trickle", content_length=content_length)
+    kw = {**FAST, "min_rate": 1e6}  # deadline 0.5 s + 50 kB / 1 MB/s
+    server.inject(trickle)
+    download_file(url, dest, **kw)
+    assert dest.read_bytes() == server.files["blob.bin"] and server.count() == 2
+    dest.unlink()
+    server.inject(*[trickle] * 3)
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        download_file(url, dest, retries=2, **kw)
+    assert time.monotonic() - start < 3 * 0.55 + 0.5
+    assert_one_line(str(err.value), url, "3 attempts", "deadline")
+    assert leftovers(tmp_path) == []
+
+
+def test_download_file_deadline_scales_with_size(server, tmp_path):
+    # 50 kB at about 100 kB/s takes 0.5 s: too long for a fixed 0.2 s deadline, fine for
+    # 0.2 s + 50 kB / (50 kB/s).
+    steady = Fault("trickle", piece=5000, delay=0.05)
+    url, dest = server.url + "/files/blob.bin", tmp_path / "blob.bin"
+    server.inject(steady)
+    download_file(url, dest, timeout=0.2, min_rate=50_000, retries=0)
+    assert dest.read_bytes() == server.files["blob.bin"]
+    server.inject(steady)
+    with pytest.raises(DownloadError, match="deadline"):
+        get(url, timeout=0.2, retries=0)
 
 
 def test_download_file_verify_failure_leaves_nothing(server, tmp_path):
@@ -311,22 +448,21 @@ def test_download_file_verify_failure_leaves_nothing(server, tmp_path):
     dest = tmp_path / "blob.bin"
     with pytest.raises(DownloadError) as err:
         download_file(server.url + "/files/blob.bin", dest, verify=verify)
-    msg = str(err.value)
-    assert "failed verification" in msg and "bad magic number" in msg and "blob.bin" in msg
-    assert "\n" not in msg and leftovers(tmp_path) == []
-
-
-def test_download_file_past_budget_leaves_nothing(server, sleeps, tmp_path):
-    server.inject("drop", "drop", "drop")
-    with pytest.raises(DownloadError, match=r"failed after 3 attempts.*Connection"):
-        download_file(server.url + "/files/blob.bin", tmp_path / "b", retries=2, sleep=sleeps)
+    assert_one_line(str(err.value), "failed verification", "bad magic number", "blob.bin")
     assert leftovers(tmp_path) == []
 
 
-def test_download_file_404_fails_at_once(server, sleeps, tmp_path):
+def test_download_file_past_budget_leaves_nothing(server, tmp_path):
+    server.inject("drop", "drop", "drop")
+    with pytest.raises(DownloadError, match=r"failed after 3 attempts.*Connection"):
+        download_file(server.url + "/files/blob.bin", tmp_path / "b", retries=2, backoff=0)
+    assert leftovers(tmp_path) == []
+
+
+def test_download_file_404_fails_at_once(server, tmp_path):
     with pytest.raises(DownloadError, match=r"HTTP 404.*not found: /files/nope"):
-        download_file(server.url + "/files/nope", tmp_path / "nope", sleep=sleeps)
-    assert server.count() == 1 and sleeps == [] and leftovers(tmp_path) == []
+        download_file(server.url + "/files/nope", tmp_path / "nope")
+    assert server.count() == 1 and leftovers(tmp_path) == []
 
 
 def tiny_esm2(name: str) -> tuple[bytes, bytes]:
@@ -356,7 +492,7 @@ def tiny_esm2(name: str) -> tuple[bytes, bytes]:
     return buffers[0], buffers[1]
 
 
-def test_fetch_esm_checkpoint_builds_model(server, sleeps, tmp_path):
+def test_fetch_esm_checkpoint_builds_model(server, tmp_path):
     import esm
 
     name = "esm2_t2_tiny"
@@ -366,10 +502,10 @@ def test_fetch_esm_checkpoint_builds_model(server, sleeps, tmp_path):
     server.inject("drop")  # the first download is cut off and retried
 
     base = server.url + "/files/fair-esm"
-    model_path, regression_path = fetch_esm_checkpoint(name, tmp_path, base_url=base, sleep=sleeps)
+    model_path, regression_path = fetch_esm_checkpoint(name, tmp_path, base_url=base, backoff=0)
     assert model_path == tmp_path / f"{name}.pt"
     assert regression_path == tmp_path / f"{name}-contact-regression.pt"
-    assert server.count() == 3 and sleeps == [1.0]
+    assert server.count() == 3
 
     model, alphabet = esm.pretrained.load_model_and_alphabet_core(
         name, load_checkpoint(model_path), load_checkpoint(regression_path)
@@ -380,7 +516,7 @@ def test_fetch_esm_checkpoint_builds_model(server, sleeps, tmp_path):
         assert model(tokens, return_contacts=True)["contacts"].shape == (1, 8, 8)
 
     # Files already present and valid: nothing is downloaded again.
-    fetch_esm_checkpoint(name, tmp_path, base_url=base, sleep=sleeps)
+    fetch_esm_checkpoint(name, tmp_path, base_url=base)
     assert server.count() == 3
     assert leftovers(tmp_path) == sorted([model_path.name, regression_path.name])
 

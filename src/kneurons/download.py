@@ -8,57 +8,74 @@ the target and renamed into place only once it is complete and verified (`kneuro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import os
 import re
+import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import pandas as pd
 import requests
 import urllib3
+from urllib3.exceptions import InvalidHeader, MaxRetryError, ProtocolError
+from urllib3.util.retry import Retry
 
+from kneurons.errors import UserError
 from kneurons.io import atomic_path, write_tsv
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# Statuses whose Retry-After header we honour; capped so a hostile or buggy value cannot stall us.
-RETRY_AFTER_STATUSES = frozenset({429, 503})
-MAX_RETRY_AFTER = 60.0
+MAX_RETRY_AFTER = 60.0  # seconds; caps Retry-After so a hostile or buggy value cannot stall us
+MIN_RATE = 100_000.0  # bytes/s a file download must average (beyond `timeout`) to meet its deadline
 
 UNIPROT_URL = "https://rest.uniprot.org"
 UNIPROT_FIELDS = "accession,ec,sequence"
 UNIPROT_COLUMNS = ["Entry", "EC number", "Sequence"]
+UNIPROT_HEADER = "\t".join(UNIPROT_COLUMNS)
+TSV_TYPES = frozenset({"text/plain", "text/tab-separated-values"})
 
 ESM_BASE_URL = "https://dl.fbaipublicfiles.com/fair-esm"
 ESM_URL = ESM_BASE_URL + "/models/{name}.pt"
 ESM_REGRESSION_URL = ESM_BASE_URL + "/regression/{name}-contact-regression.pt"
 
-# Transient transport failures: refused/reset connections, read timeouts, bodies cut short
-# (urllib3 2 enforces Content-Length and raises IncompleteRead -> ChunkedEncodingError) and
-# truncated gzip streams. All are worth another attempt.
-_TRANSIENT = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-    urllib3.exceptions.HTTPError,
-)
 
-
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download failed for good. The message is one line naming the URL or file."""
 
 
-class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
+class _Bad(Exception):
+    """This attempt's response is no good (cut short, too slow, incomplete); worth a retry."""
+
+
+class _Retry(Retry):
+    """urllib3's Retry, Retry-After capped at MAX_RETRY_AFTER; logs retries, notes their start."""
+
+    started: float | None = None
+
+    def get_retry_after(self, response) -> float | None:
+        try:
+            seconds = super().get_retry_after(response)
+        except InvalidHeader:
+            return None
+        return None if seconds is None else min(seconds, MAX_RETRY_AFTER)
+
+    def sleep(self, response=None) -> None:
+        last, n = self.history[-1], len(self.history)  # what failed; retry n of n + total
+        why = f"HTTP {last.status}" if last.status else _one_line(last.error)
+        wait = (response and self.get_retry_after(response)) or self.get_backoff_time()
+        log.warning("GET %s: %s; retry %d/%d in %.1f s", last.url, why, n, n + self.total, wait)
+        super().sleep(response)
+        self.started = time.monotonic()
 
 
 def _one_line(text: object, limit: int | None = None) -> str:
@@ -66,105 +83,146 @@ def _one_line(text: object, limit: int | None = None) -> str:
     return text[:limit] if limit is not None else text
 
 
-def _full_url(url: str, params: Mapping | None) -> str:
-    if not params:
-        return url
-    return requests.Request("GET", url, params=params).prepare().url or url
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_one_line(exc.args[0] if exc.args else exc)}"
 
 
-def _retry_after(resp: requests.Response) -> float | None:
-    """Seconds from a numeric Retry-After header, capped; None if absent or an HTTP date."""
-    if resp.status_code not in RETRY_AFTER_STATUSES:
-        return None
-    value = resp.headers.get("Retry-After", "").strip()
+def _decode(resp: requests.Response, body: bytes) -> bytes:
+    """Undo gzip Content-Encoding; unlike urllib3's decoder, this notices a truncated stream."""
+    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding != "gzip":
+        raise _Bad(f"unexpected Content-Encoding {encoding!r}")
+    gz = zlib.decompressobj(wbits=31)
     try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    if not seconds >= 0:  # also rejects NaN
-        return None
-    return min(seconds, MAX_RETRY_AFTER)
+        data = gz.decompress(body)
+    except zlib.error as exc:
+        raise _Bad(f"corrupt gzip body ({len(body)} bytes): {exc}") from None
+    if not gz.eof:
+        raise _Bad(f"gzip body cut short ({len(body)} bytes, stream unfinished)")
+    return data
 
 
-def _check_status(resp: requests.Response, url: str) -> None:
-    if resp.status_code in RETRY_STATUSES:
-        raise _Retryable(f"HTTP {resp.status_code} {resp.reason}", _retry_after(resp))
-    if resp.status_code >= 400:
-        # Any other error status will not fix itself: fail now with what the server said.
-        body = _one_line(resp.content.decode("utf-8", "replace"), 200)
-        raise DownloadError(f"GET {url}: HTTP {resp.status_code} {resp.reason}: {body!r}")
+def _read_body(resp, sink, start: float, timeout: float, min_rate: float | None) -> None:
+    """Copy the body as sent to `sink` before the deadline (see `fetch`), when a watchdog thread
+    shuts the socket (urllib3's HTTPResponse.shutdown), ending even a read blocked on a trickle.
+    read1 returns whatever has arrived, keeping current the byte count the deadline may use."""
+    size, received = resp.raw.length_remaining or 0, 0  # Content-Length, as urllib3 read it
+    done, expired = threading.Event(), threading.Event()
+
+    def allowed() -> float:
+        return timeout + (max(size, received) / min_rate if min_rate else 0.0)
+
+    def watchdog() -> None:
+        while not done.wait(max(0.0, start + allowed() - time.monotonic())):
+            if time.monotonic() >= start + allowed():
+                expired.set()
+                with contextlib.suppress(Exception):  # e.g. already back in the pool
+                    resp.raw.shutdown()
+                return
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        while not expired.is_set() and (chunk := resp.raw.read1(1 << 20, decode_content=False)):
+            sink.write(chunk)
+            received += len(chunk)
+    except urllib3.exceptions.HTTPError as exc:  # cut short, reset, read timeout
+        if not expired.is_set():
+            raise _Bad(_describe(exc)) from None
+    finally:
+        done.set()
+    if expired.is_set():
+        raise _Bad(f"body not complete within the {allowed():.1f} s deadline ({received} bytes)")
 
 
-def _check_length(resp: requests.Response, received: int) -> None:
-    """Belt and braces over urllib3's own check: a body shorter than Content-Length is retried.
-
-    Only meaningful without Content-Encoding, since Content-Length then counts decoded bytes.
-    """
-    if resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
-        return
-    declared = resp.headers.get("Content-Length")
-    if declared is None or not declared.strip().isdigit():
-        return
-    if received != int(declared):
-        raise _Retryable(f"short body: got {received} of {int(declared)} bytes")
+def _session(session: requests.Session | None):
+    return contextlib.nullcontext(session) if session is not None else requests.Session()
 
 
-def _with_retries(
-    url: str,
-    attempt: Callable[[], object],
-    *,
-    retries: int,
-    backoff: float,
-    sleep: Callable[[float], object],
-):
-    if retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries}")
-    last = "no attempt made"
-    for i in range(retries + 1):
-        try:
-            return attempt()
-        except _Retryable as exc:
-            last = exc.reason
-            delay = exc.retry_after if exc.retry_after is not None else backoff * 2**i
-        if i < retries:
-            log.warning("GET %s: %s; retry %d/%d in %.1f s", url, last, i + 1, retries, delay)
-            sleep(delay)
-    raise DownloadError(f"GET {url} failed after {retries + 1} attempts; last error: {last}")
+def _attempt(resp, url, start, timeout, min_rate, out, accept):
+    """Read and check one response: the result, or _Bad (retry) or DownloadError (give up)."""
+    status = resp.status_code
+    if status in RETRY_STATUSES:  # urllib3 has given up on it
+        raise _Bad(f"HTTP {status} {resp.reason}")
+    to_file = out is not None and status < 400
+    try:
+        with open(out, "wb") if to_file else io.BytesIO() as sink:
+            _read_body(resp, sink, start, timeout, min_rate)
+            body = b"" if to_file else sink.getvalue()
+    except OSError as exc:
+        raise DownloadError(f"GET {url}: cannot write {out}: {_describe(exc)}") from exc
+    if status >= 400:
+        with contextlib.suppress(_Bad):
+            body = _decode(resp, body)
+        text = _one_line(body.decode("utf-8", "replace"), 200)
+        raise DownloadError(f"GET {url}: HTTP {status} {resp.reason}: {text!r}")
+    return accept(resp, body) if accept else (resp, body)
 
 
 def fetch(
     session: requests.Session,
     url: str,
     *,
-    params: Mapping | None = None,
     headers: Mapping | None = None,
     timeout: float | tuple[float, float] = 30,
     retries: int = 5,
     backoff: float = 1.0,
-    sleep: Callable[[float], object] = time.sleep,
-) -> requests.Response:
-    """GET `url` and read the whole body, retrying transient failures.
+    min_rate: float | None = None,
+    out: Path | None = None,
+    accept: Callable[[requests.Response, bytes], Any] | None = None,
+) -> Any:
+    """GET `url`; return accept(response, body), or (response, body) without `accept`.
 
-    Retried: HTTP 429/500/502/503/504, connection errors, dropped connections, read timeouts
-    and short bodies; at most `retries` retries after the first attempt. The wait is the
-    Retry-After header (seconds, 429/503 only, capped at 60 s) or else `backoff * 2**attempt`.
-    Other 4xx/5xx statuses fail at once. Raises DownloadError.
+    `body`: the bytes as sent (not decoded), or b"" when written to `out` (a path, rewritten by
+    each attempt). `accept` raises _Bad for a body worth a retry.
+
+    At most `retries + 1` attempts, whatever the mix of faults. urllib3's Retry (on the
+    session's HTTPAdapter for the call) retries connect errors, timeouts waiting for the
+    response and HTTP 429/500/502/503/504, waiting Retry-After (seconds or HTTP date, capped at
+    MAX_RETRY_AFTER) or else backoff * 2**(n - 1) s before retry n > 1. With the same budget and
+    waits, bodies cut short, late or rejected by `accept` are retried here. Other 4xx/5xx fail.
+
+    Deadline per attempt, connect to last byte: `timeout` s (a (connect, read) pair is summed),
+    plus with `min_rate` max(Content-Length, bytes so far) / min_rate. urllib3's total timeout
+    bounds connect and the wait for the response, a watchdog the body (trickled header bytes
+    are bounded only per read): a request ends within about (retries + 1) deadlines plus waits.
     """
-    full = _full_url(url, params)
-
-    def attempt() -> requests.Response:
-        try:
-            # stream=False: the body is read inside get(), so a cut-off body raises here.
-            resp = session.get(url, params=params, headers=headers, timeout=timeout)
-        except _TRANSIENT as exc:
-            raise _Retryable(f"{type(exc).__name__}: {_one_line(exc)}") from exc
-        except requests.RequestException as exc:
-            raise DownloadError(f"GET {full}: {type(exc).__name__}: {_one_line(exc)}") from exc
-        _check_status(resp, full)
-        _check_length(resp, len(resp.content))
-        return resp
-
-    return _with_retries(full, attempt, retries=retries, backoff=backoff, sleep=sleep)
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    timeout = float(sum(timeout)) if isinstance(timeout, tuple) else float(timeout)
+    gave_up = f"GET {url} failed after {retries + 1} attempts; last error:"
+    # raise_on_status=False: urllib3 hands back the last 429/5xx, which we report.
+    retry = _Retry(retries, backoff_factor=backoff, status_forcelist=RETRY_STATUSES)
+    retry.raise_on_status = False
+    connect_and_wait = urllib3.Timeout(total=timeout)
+    adapters = {a: a.max_retries for a in session.adapters.values()}  # a redirect may switch
+    try:
+        while True:
+            for adapter in adapters:
+                adapter.max_retries = retry
+            t0 = time.monotonic()
+            try:
+                resp = session.get(url, headers=headers, stream=True, timeout=connect_and_wait)
+            except requests.RequestException as exc:
+                cause = exc.args[0] if exc.args else None
+                if isinstance(cause, MaxRetryError):  # urllib3 spent the budget
+                    raise DownloadError(f"{gave_up} {_describe(cause.reason or cause)}") from exc
+                raise DownloadError(f"GET {url}: {_describe(exc)}") from exc
+            with resp:
+                retry = resp.raw.retries or retry  # now counting the retries urllib3 made
+                try:
+                    return _attempt(resp, url, retry.started or t0, timeout, min_rate, out, accept)
+                except _Bad as exc:
+                    reason = str(exc)
+            try:
+                retry = retry.increment("GET", url, error=ProtocolError(reason))
+            except MaxRetryError:
+                raise DownloadError(f"{gave_up} {reason}") from None
+            retry.sleep()
+    finally:
+        for adapter, saved in adapters.items():
+            adapter.max_retries = saved
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,74 +234,68 @@ def uniprot_query(ec_class: int, min_length: int, max_length: int) -> str:
     return f"(reviewed:true) AND (ec:{ec_class}.*) AND (length:[{min_length} TO {max_length}])"
 
 
-def _parse_tsv(resp: requests.Response, url: str) -> pd.DataFrame:
-    # Decode explicitly: UniProt sends text/plain without a charset, which requests would
-    # otherwise read as ISO-8859-1.
-    text = resp.content.decode("utf-8")
-    if not text.strip():
-        return pd.DataFrame(columns=UNIPROT_COLUMNS, dtype=str)
-    table = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
-    if list(table.columns) != UNIPROT_COLUMNS:
-        raise DownloadError(
-            f"GET {url}: expected TSV columns {UNIPROT_COLUMNS}, got {list(table.columns)}"
-        )
-    return table
+def _parse_page(
+    resp: requests.Response, body: bytes, *, size: int, received: int, total: int | None
+) -> tuple[requests.Response, pd.DataFrame, int]:
+    """(response, rows, X-Total-Results) of one UniProt TSV page; _Bad unless it is complete.
+
+    Complete: TSV Content-Type, a gzip stream that reached its end, a final newline, the
+    expected header row, X-Total-Results as on the first page (`total`) and a row count that
+    fits: a page with a next link has `size` rows, the last brings the count to the total.
+    """
+    content_type = resp.headers.get("Content-Type", "")
+    text = _decode(resp, body).decode("utf-8", "replace")
+    if content_type.split(";")[0].strip().lower() not in TSV_TYPES:
+        raise _Bad(f"response is not TSV (Content-Type {content_type!r}): {_one_line(text, 80)!r}")
+    if "\ufffd" in text:
+        raise _Bad("body is not valid UTF-8")
+    value = resp.headers.get("X-Total-Results", "").strip()
+    if not value.isdigit():
+        raise _Bad(f"missing or bad X-Total-Results {value!r}")
+    if total is not None and int(value) != total:
+        raise _Bad(f"X-Total-Results {value} differs from {total} on the first page")
+    total = int(value)
+    if text and not text.endswith("\n"):
+        raise _Bad(f"body does not end with a newline (cut mid-row?): ...{text[-40:]!r}")
+    lines = text.split("\n")[:-1]
+    if lines and lines[0] != UNIPROT_HEADER:
+        raise _Bad(f"header row is {lines[0][:100]!r}, expected {UNIPROT_HEADER!r}")
+    rows = [line.split("\t") for line in lines[1:]]
+    if any(len(row) != len(UNIPROT_COLUMNS) for row in rows):
+        raise _Bad(f"a row has other than {len(UNIPROT_COLUMNS)} fields")
+    # These counts also bound the pagination: each page with a next link brings new rows.
+    if "next" in resp.links and not (0 < len(rows) == size and received + len(rows) < total):
+        raise _Bad(f"{len(rows)} rows on a page with a next link (size {size}, total {total})")
+    if "next" not in resp.links and received + len(rows) != total:
+        raise _Bad(f"got {received + len(rows)} records but X-Total-Results said {total}")
+    return resp, pd.DataFrame(rows, columns=UNIPROT_COLUMNS, dtype=str), total
 
 
 def _search_all(
-    session: requests.Session,
-    base_url: str,
-    query: str,
-    *,
-    page_size: int,
-    fetch_kw: dict,
+    session: requests.Session, base_url: str, query: str, *, page_size: int, fetch_kw: dict
 ) -> tuple[pd.DataFrame, str | None, str | None]:
-    """All rows of one UniProt search, following cursor links; checks X-Total-Results."""
-    url: str | None = f"{base_url.rstrip('/')}/uniprotkb/search"
-    params: dict | None = {
-        "query": query,
-        "format": "tsv",
-        "fields": UNIPROT_FIELDS,
-        "size": page_size,
-    }
-    first_url = _full_url(url, params)
+    """All rows of one UniProt search, following cursor links; every page checked complete."""
+    params = {"query": query, "format": "tsv", "fields": UNIPROT_FIELDS, "size": page_size}
+    fetch_kw = {**fetch_kw, "headers": {"Accept-Encoding": "gzip"}}
+    search = requests.Request("GET", f"{base_url.rstrip('/')}/uniprotkb/search", params=params)
+    url: str | None = search.prepare().url
+    first_url, total, received = url, None, 0
     pages: list[pd.DataFrame] = []
-    seen: set[str] = set()
-    total = received = 0
     release = release_date = None
     while url is not None:
-        resp = fetch(session, url, params=params, headers={"Accept-Encoding": "gzip"}, **fetch_kw)
-        page_url = resp.url
+        size = int(dict(parse_qsl(urlsplit(url).query)).get("size", page_size))
+        accept = partial(_parse_page, size=size, received=received, total=total)
+        resp, page, total = fetch(session, url, accept=accept, **fetch_kw)
+        new = resp.headers.get("X-UniProt-Release")
         if not pages:
-            value = resp.headers.get("X-Total-Results", "")
-            if not value.strip().isdigit():
-                raise DownloadError(f"GET {page_url}: missing or bad X-Total-Results {value!r}")
-            total = int(value)
-            release = resp.headers.get("X-UniProt-Release")
-            release_date = resp.headers.get("X-UniProt-Release-Date")
-        elif resp.headers.get("X-UniProt-Release") != release:
-            # A release switch mid-pagination would mix two database versions.
+            release, release_date = new, resp.headers.get("X-UniProt-Release-Date")
+        elif new != release:  # a release switch mid-pagination would mix two database versions
             raise DownloadError(
-                f"GET {page_url}: UniProt release changed during pagination "
-                f"({release} -> {resp.headers.get('X-UniProt-Release')})"
+                f"GET {url}: UniProt release changed during pagination ({release} -> {new})"
             )
-        page = _parse_tsv(resp, page_url)
         pages.append(page)
         received += len(page)
-        if received > total:
-            raise DownloadError(
-                f"GET {first_url}: got {received} records, > X-Total-Results {total}"
-            )
         url = resp.links.get("next", {}).get("url")
-        params = None  # the next link carries the whole query
-        if url is not None:
-            if url in seen:
-                raise DownloadError(f"GET {first_url}: pagination loops back to {url}")
-            seen.add(url)
-    if received != total:
-        raise DownloadError(
-            f"GET {first_url}: got {received} records but X-Total-Results said {total}"
-        )
     table = pd.concat(pages, ignore_index=True)
     dups = table["Entry"][table["Entry"].duplicated()]
     if len(dups):
@@ -276,7 +328,6 @@ def download_uniprot(
     timeout: float = 30,
     retries: int = 5,
     backoff: float = 1.0,
-    sleep: Callable[[float], object] = time.sleep,
     session: requests.Session | None = None,
 ) -> dict:
     """Download reviewed UniProtKB entries per top-level EC class, sample `per_class` of each.
@@ -287,6 +338,9 @@ def download_uniprot(
     numpy.default_rng([seed, class]), so a given release and seed always give the same table.
     A class with fewer than `per_class` entries is kept whole, with a warning.
 
+    Pages are fetched with `fetch` (`retries`; a `timeout` s deadline per attempt) and only
+    accepted when complete (`_parse_page`); an incomplete page is retried like any fault.
+
     An entry with EC numbers in two classes appears once per class (`query_class` tells which);
     callers drop such multi-class entries downstream.
 
@@ -295,14 +349,12 @@ def download_uniprot(
     queries, counts {class: {received, kept}} and the sampling parameters.
     """
     classes = [int(c) for c in classes]
-    fetch_kw = {"timeout": timeout, "retries": retries, "backoff": backoff, "sleep": sleep}
-    own_session = session is None
-    session = session if session is not None else requests.Session()
+    fetch_kw = {"timeout": timeout, "retries": retries, "backoff": backoff}
     frames: list[pd.DataFrame] = []
     queries: dict[str, str] = {}
     counts: dict[str, dict[str, int]] = {}
     release = release_date = None
-    try:
+    with _session(session) as session:
         for c in classes:
             query = uniprot_query(c, min_length, max_length)
             queries[str(c)] = query
@@ -321,9 +373,6 @@ def download_uniprot(
             log.info("EC class %d: received %d, kept %d", c, len(table), len(kept))
             counts[str(c)] = {"received": len(table), "kept": len(kept)}
             frames.append(kept.assign(query_class=c))
-    finally:
-        if own_session:
-            session.close()
 
     columns = [*UNIPROT_COLUMNS, "query_class"]
     combined = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
@@ -355,56 +404,28 @@ def download_file(
     timeout: float | tuple[float, float] = 60,
     retries: int = 5,
     backoff: float = 1.0,
-    sleep: Callable[[float], object] = time.sleep,
+    min_rate: float = MIN_RATE,
     session: requests.Session | None = None,
-    chunk_size: int = 1 << 20,
 ) -> Path:
-    """Stream `url` to `dest` with retries, then `verify(tmp_path)` (may raise) before renaming.
+    """Download `url` to `dest` with `fetch`, then `verify(tmp_path)` (may raise) before renaming.
 
-    Each attempt restarts from scratch; a partial or unverifiable file never survives.
-    Raises DownloadError.
+    Each attempt restarts from scratch and must finish within `timeout` + size / `min_rate`
+    seconds (size: Content-Length, or without one the bytes received so far), so a multi-GB
+    checkpoint gets its time while a trickle still fails. A partial or unverifiable file never
+    survives. Raises DownloadError.
     """
     dest = Path(dest)
-    own_session = session is None
-    session = session if session is not None else requests.Session()
-    try:
-        with atomic_path(dest) as tmp:
-
-            def attempt() -> None:
-                try:
-                    # identity: we want the exact bytes, and Content-Length to count them.
-                    with session.get(
-                        url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}
-                    ) as resp:
-                        _check_status(resp, url)
-                        size = 0
-                        with open(tmp, "wb") as fh:  # "wb" truncates: a retry starts over
-                            for chunk in resp.iter_content(chunk_size):
-                                fh.write(chunk)
-                                size += len(chunk)
-                        _check_length(resp, size)
-                except _TRANSIENT as exc:
-                    raise _Retryable(f"{type(exc).__name__}: {_one_line(exc)}") from exc
-                except requests.RequestException as exc:
-                    raise DownloadError(
-                        f"GET {url}: {type(exc).__name__}: {_one_line(exc)}"
-                    ) from exc
-                except OSError as exc:
-                    raise DownloadError(f"GET {url}: cannot write {tmp}: {_one_line(exc)}") from exc
-                log.info("downloaded %s (%d bytes)", url, size)
-
-            _with_retries(url, attempt, retries=retries, backoff=backoff, sleep=sleep)
-            if verify is not None:
-                try:
-                    verify(tmp)
-                except Exception as exc:
-                    raise DownloadError(
-                        f"GET {url}: download for {dest} failed verification: "
-                        f"{type(exc).__name__}: {_one_line(exc, 300)}"
-                    ) from exc
-    finally:
-        if own_session:
-            session.close()
+    with _session(session) as session, atomic_path(dest) as tmp:
+        kw = {"timeout": timeout, "retries": retries, "backoff": backoff, "min_rate": min_rate}
+        # identity: we want the exact bytes, and Content-Length to count them.
+        fetch(session, url, headers={"Accept-Encoding": "identity"}, out=tmp, **kw)
+        log.info("downloaded %s (%d bytes)", url, tmp.stat().st_size)
+        if verify is not None:
+            try:
+                verify(tmp)
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {_one_line(exc, 300)}"
+                raise DownloadError(f"GET {url}: {dest} failed verification: {problem}") from exc
     return dest
 
 
@@ -439,7 +460,7 @@ def fetch_esm_checkpoint(
     timeout: float | tuple[float, float] = 60,
     retries: int = 5,
     backoff: float = 1.0,
-    sleep: Callable[[float], object] = time.sleep,
+    min_rate: float = MIN_RATE,
     session: requests.Session | None = None,
 ) -> tuple[Path, Path]:
     """Download fair-esm model `name` and its contact regression into `dest_dir`.
@@ -448,30 +469,18 @@ def fetch_esm_checkpoint(
     esm.pretrained.load_model_and_alphabet_local expects). Each is verified by a weights_only
     load (keys model+cfg / model) before it is renamed into place. Existing files that verify
     are kept unless `force`. `base_url` replaces https://dl.fbaipublicfiles.com/fair-esm.
-    Returns (model_path, regression_path).
+    Downloads as `download_file`. Returns (model_path, regression_path).
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise DownloadError(f"fair-esm checkpoint name {name!r} is not a plain model name")
-    if base_url is None:
-        model_url, regression_url = ESM_URL, ESM_REGRESSION_URL
-    else:
-        base = base_url.rstrip("/")
-        model_url = base + "/models/{name}.pt"
-        regression_url = base + "/regression/{name}-contact-regression.pt"
-    dest_dir = Path(dest_dir)
-    jobs = [
-        (model_url.format(name=name), dest_dir / f"{name}.pt", ("model", "cfg")),
-        (
-            regression_url.format(name=name),
-            dest_dir / f"{name}-contact-regression.pt",
-            ("model",),
-        ),
-    ]
-    own_session = session is None
-    session = session if session is not None else requests.Session()
-    try:
-        for url, dest, required in jobs:
-            verify = _checkpoint_verifier(required)
+    base = ESM_BASE_URL if base_url is None else base_url.rstrip("/")
+    model, regression = f"models/{name}.pt", f"regression/{name}-contact-regression.pt"
+    files = {model: ("model", "cfg"), regression: ("model",)}
+    dests = [Path(dest_dir) / Path(path).name for path in files]
+    kw = {"timeout": timeout, "retries": retries, "backoff": backoff, "min_rate": min_rate}
+    with _session(session) as session:
+        for (path, required), dest in zip(files.items(), dests, strict=True):
+            url, verify = f"{base}/{path}", _checkpoint_verifier(required)
             if dest.exists() and not force:
                 try:
                     verify(dest)
@@ -479,17 +488,5 @@ def fetch_esm_checkpoint(
                     continue
                 except Exception as exc:
                     log.warning("%s exists but is invalid (%s); downloading again", dest, exc)
-            download_file(
-                url,
-                dest,
-                verify=verify,
-                timeout=timeout,
-                retries=retries,
-                backoff=backoff,
-                sleep=sleep,
-                session=session,
-            )
-    finally:
-        if own_session:
-            session.close()
-    return jobs[0][1], jobs[1][1]
+            download_file(url, dest, verify=verify, session=session, **kw)
+    return dests[0], dests[1]

@@ -1,3 +1,0 @@
-from kneurons.workflow import run, score_random
-
-run(snakemake, score_random)  # noqa: F821 - injected by Snakemake
