@@ -18,6 +18,8 @@ from workflow_helpers import make_workdir, read_config, snakemake, write_config
 
 from fake_uniprot import Entry, FakeServer, Fault
 
+pytestmark = pytest.mark.slow  # every test runs snakemake
+
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 
 
@@ -245,7 +247,7 @@ def test_killed_finetune_leaves_no_output_and_the_next_run_finishes(tmp_path):
     target = "results/finetune/seed0/metrics.json"
     log = path / "results/logs/finetune/seed0.log"
     proc = start(path, target)
-    kill_when(proc, lambda: log.exists() and "epoch 1 train_loss" in log.read_text())
+    kill_when(proc, lambda: log.exists() and "epoch 1/1000 train_loss" in log.read_text())
     finetune = path / "results/finetune/seed0"
     assert not (finetune / "model.pt").exists() and not (finetune / "metrics.json").exists()
     assert leftovers(path) == []
