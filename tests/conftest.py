@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -41,3 +43,21 @@ def small_run(tmp_path_factory):
     path = make_workdir(tmp_path_factory.mktemp("small_run"))
     snakemake(path)
     return path
+
+
+def runs_the_workflow(item: pytest.Item) -> bool:
+    """Whether a test runs Snakemake: it uses `small_run` (directly or through another
+    fixture), or its module drives the CLI through workflow_helpers.snakemake."""
+    if "small_run" in getattr(item, "fixturenames", ()):
+        return True
+    runner = getattr(getattr(item, "module", None), "snakemake", None)
+    helpers = sys.modules.get("workflow_helpers")
+    return helpers is not None and runner is helpers.snakemake
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the end-to-end runs slow, in the files that do not mark themselves
+    (tests/test_reruns.py): `pytest -m "not slow"` is the quick check."""
+    for item in items:
+        if runs_the_workflow(item):
+            item.add_marker(pytest.mark.slow)

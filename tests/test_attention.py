@@ -1,4 +1,7 @@
+import functools
+
 import torch
+import torch.nn.functional as F
 
 from kneurons.attention import fused_attention_enabled, use_fused_attention
 from kneurons.model import MODULES, EnzymeClassifier, build_tiny_esm2, encode, linear
@@ -32,21 +35,43 @@ def test_classifiers_are_built_with_fused_attention(tiny_classifier):
     assert fused_attention_enabled(tiny_classifier)
 
 
-def test_hooks_still_fire(tiny_classifier, sequences):
-    use_fused_attention(tiny_classifier, True)
-    seen = []
+def hooked(model, tokens):
+    """{module: (input, output)} of layer 1's linear modules, as forward hooks see them."""
+    seen = {}
+
+    def hook(module, inputs, output, name):
+        # clone: fair-esm scales q_proj's output in place after the hook has run
+        seen.setdefault(name, (inputs[0].clone(), output.clone()))  # returns None: no change
+
     handles = [
-        linear(tiny_classifier.esm, 1, m).register_forward_hook(lambda *_, m=m: seen.append(m))
+        linear(model.esm, 1, m).register_forward_hook(functools.partial(hook, name=m))
         for m in MODULES
     ]
     try:
         with torch.no_grad():
-            tiny_classifier(encode(sequences))
+            model(tokens)
     finally:
         for h in handles:
             h.remove()
+    return seen
+
+
+def test_hooks_fire_and_see_the_same_values_as_with_fair_esm(tiny_classifier, sequences):
+    tokens = encode(sequences)
+    use_fused_attention(tiny_classifier, False)
+    plain = hooked(tiny_classifier, tokens)
+    use_fused_attention(tiny_classifier, True)
+    try:
+        fused = hooked(tiny_classifier, tokens)
+    finally:
         use_fused_attention(tiny_classifier, False)
-    assert sorted(seen) == sorted(MODULES)
+    assert sorted(fused) == sorted(plain) == sorted(MODULES)
+    for m in MODULES:
+        x, out = fused[m]
+        layer = linear(tiny_classifier.esm, 1, m)
+        torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+        for a, b in zip(fused[m], plain[m], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_ig_scores_unchanged(tiny_classifier, sequences, labels):

@@ -84,25 +84,25 @@ def test_ablated_unit_outputs_zero_and_changes_the_output(tiny_classifier, modul
     target = linear(tiny_classifier.esm, 1, module)
     keep = torch.ones(target.out_features, dtype=torch.bool)
     keep[::3] = False
-    seen = {}
-    handle = target.register_forward_hook(lambda m, i, o: seen.setdefault("out", o.clone()))
     tokens = encode(SEQUENCES)
+    seen = {}
     with torch.no_grad():
         before = tiny_classifier(tokens)
-        seen.clear()
         with ablated(tiny_classifier, {(1, module): keep}):
-            after = tiny_classifier(tokens)
-    handle.remove()
-    # the hook of `ablated` runs after ours, so check the zeroing on the final output instead
+            # hooks run in registration order: ablated's first, so ours sees the ablated output
+            handle = target.register_forward_hook(
+                lambda m, i, o: seen.update(input=i[0].clone(), output=o.clone())
+            )
+            try:
+                after = tiny_classifier(tokens)
+            finally:
+                handle.remove()
     assert not torch.allclose(before, after)
-    with torch.no_grad(), ablated(tiny_classifier, {(1, module): keep}):
-        outputs = {}
-        h = target.register_forward_hook(lambda m, i, o: outputs.setdefault("o", o))
-        # hooks run in registration order: ablated's first, so ours sees the ablated output
-        tiny_classifier(tokens)
-        h.remove()
-    assert torch.all(outputs["o"][..., ~keep] == 0)
-    assert torch.any(outputs["o"][..., keep] != 0)
+    # the captured output is the layer's own computation on its input, ablated units zeroed
+    direct = torch.nn.functional.linear(seen["input"], target.weight, target.bias)
+    assert torch.all(direct[..., ~keep] != 0)
+    assert torch.all(seen["output"][..., ~keep] == 0)
+    torch.testing.assert_close(seen["output"][..., keep], direct[..., keep], rtol=0, atol=1e-12)
     # zeroing the weight rows and bias is the same thing
     with torch.no_grad():
         w, b = target.weight.clone(), target.bias.clone()
@@ -134,5 +134,19 @@ def test_classification_metrics_by_hand():
     assert metrics["macro_f1"] == pytest.approx((0.5 + 0.8 + 0) / 3)
 
 
-def test_classifier_is_an_nn_module():
-    assert isinstance(EnzymeClassifier(build_tiny_esm2(1, 8, 2, 0), 3), torch.nn.Module)
+def test_logits_are_the_head_on_the_mean_residue_representation(tiny_classifier):
+    """One logit per class from the mean of the final representations over each sequence's
+    own residues (no BOS, EOS or padding), computed here sequence by sequence."""
+    with torch.no_grad():
+        logits = tiny_classifier(encode(SEQUENCES))
+        pooled = torch.stack(
+            [
+                tiny_classifier.esm(encode([s]), repr_layers=[3])["representations"][3][
+                    0, 1 : len(s) + 1
+                ].mean(0)
+                for s in SEQUENCES
+            ]
+        )
+        expected = tiny_classifier.head(pooled)
+    assert logits.shape == (len(SEQUENCES), 6)
+    torch.testing.assert_close(logits, expected)

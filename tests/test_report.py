@@ -18,6 +18,8 @@ RETENTIONS = (0.5, 0.25, 0.1, 0.01)
 N_LAYERS = 3
 MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 UNITS = 16
+# Planted in the fixture: each method's scores get a bonus in one module type. What the report
+# says about k_proj here only echoes this table; the tests check arithmetic and formatting.
 PREFERRED = {"ig": "k_proj", "activation": "fc1", "random": None}
 
 
@@ -150,14 +152,29 @@ def test_density_table_warns_on_inconsistent_counts(inputs):
         report.density_table([e])
 
 
-def test_module_enrichment_picks_k_proj_for_ig(inputs):
+def test_enrichment_arithmetic_on_a_planted_table(inputs):
     _, evaluations = inputs
     enr = report.module_enrichment(report.density_table(evaluations))
     assert set(enr.columns) >= {"method", "retention", "module", "enrichment_mean", "enrichment_sd"}
     assert (enr["n_seeds"] == len(SEEDS)).all()
-    for r in RETENTIONS:
-        sub = enr[(enr["method"] == "ig") & np.isclose(enr["retention"], r)]
-        assert sub.loc[sub["enrichment_mean"].idxmax(), "module"] == "k_proj"
+    assert len(enr) == len(METHODS) * len(RETENTIONS) * len(MODULES)
+    # by hand from the JSON files: per seed, kept / neurons pooled over layers / retention;
+    # then mean, sd (ddof=1), min and max over seeds
+    per_seed: dict[tuple[str, float, str], list[float]] = {}
+    for p in evaluations:
+        e = json.loads(Path(p).read_text())
+        for mod in MODULES:
+            cells = [c for c in e["kept"] if c["module"] == mod]
+            kept = sum(c["n_kept"] for c in cells)
+            total = sum(c["n_neurons"] for c in cells)
+            key = (e["method"], e["retention"], mod)
+            per_seed.setdefault(key, []).append(kept / total / e["retention"])
+    for row in enr.itertuples():
+        values = per_seed[(row.method, row.retention, row.module)]
+        assert row.enrichment_mean == pytest.approx(np.mean(values), rel=1e-12)
+        assert row.enrichment_sd == pytest.approx(np.std(values, ddof=1), rel=1e-9, abs=1e-12)
+        assert row.enrichment_min == pytest.approx(min(values), rel=1e-12)
+        assert row.enrichment_max == pytest.approx(max(values), rel=1e-12)
     # pooled enrichment, weighted by neuron count, averages to 1 over modules of equal size
     for (_, _), g in enr.groupby(["method", "retention"]):
         seeds_mean = g["enrichment_mean"].mean()
@@ -167,7 +184,7 @@ def test_module_enrichment_picks_k_proj_for_ig(inputs):
         assert math.isclose(seeds_mean, expected, rel_tol=1e-9)
 
 
-def test_summary_markdown_mentions_k_proj_and_numbers(inputs):
+def test_summary_markdown_numbers_and_verdicts_on_a_planted_table(inputs):
     finetune, evaluations = inputs
     s = report.summary_table(finetune, evaluations)
     d = report.density_table(evaluations)
@@ -176,13 +193,25 @@ def test_summary_markdown_mentions_k_proj_and_numbers(inputs):
     assert f"{full.mean():.3f} ± {full.std():.3f}" in md
     assert "0.167" in md  # chance
     assert "Seeds: 3" in md
-    assert "k_proj" in md
     assert "| method | 100% | 50% | 25% | 10% | 1% |" in md
+    # the verdicts restate the enrichment table at the smallest retention; the planted
+    # preferences make ig's a "yes" and activation's a "no", so both wordings are checked
     enr = report.module_enrichment(d)
-    top = enr[(enr["method"] == "ig") & np.isclose(enr["retention"], 0.01)]
-    k = top[top["module"] == "k_proj"].iloc[0]
-    assert f"ig: yes (k_proj {k['enrichment_mean']:.2f}" in md
-    assert "activation: no (fc1" in md
+    at = enr[np.isclose(enr["retention"], min(RETENTIONS))]
+    for method, verdict in (("ig", "yes"), ("activation", "no")):
+        means = at[at["method"] == method].set_index("module")["enrichment_mean"]  # module order
+        k = means["k_proj"]
+        rank = 1 + int((means > k + 1e-12).sum())
+        if verdict == "yes":
+            assert rank == 1 and int(np.isclose(means, k).sum()) == 1
+            others = means.drop("k_proj")
+            nxt = f"next {others.idxmax()} {others.max():.2f}"
+            expected = f"{method}: yes (k_proj {k:.2f}, {nxt})"
+        else:
+            assert rank > 1
+            top = ", ".join(means[np.isclose(means, means.max())].index)
+            expected = f"{method}: no ({top} {means.max():.2f}, k_proj {k:.2f}, rank {rank} of 6"
+        assert expected in md
     assert "by construction" in md
     ig_acc = s[(s["method"] == "ig") & (s["retention"] == 0.1)]["accuracy"]
     assert f"{ig_acc.mean():.3f} ± {ig_acc.std():.3f}" in md
@@ -198,7 +227,10 @@ def test_write_outputs(inputs, tmp_path):
     d = pd.read_csv(out / "density.tsv", sep="\t")
     assert (s["method"] == "full").sum() == len(SEEDS)
     assert len(d) == len(evaluations) * N_LAYERS * len(MODULES)
-    assert "k_proj" in (out / "summary.md").read_text()
+    md = report.summary_markdown(
+        report.summary_table(finetune, evaluations), report.density_table(evaluations), finetune
+    )
+    assert (out / "summary.md").read_text() == md + "\n"
     assert not list(out.glob(".*.tmp"))
 
 

@@ -22,6 +22,8 @@ SCRIPTS = ROOT / "tests" / "slurm"
 # edits (partition, account, GPUs) and sizes that fit a 2-core machine
 NODE_LIMITS = {"cpus_per_task": 2, "mem_mb": 4000}
 
+pytestmark = pytest.mark.slow  # a SLURM cluster and two workflow runs
+
 
 def site_profile(path):
     """profiles/slurm/config.yaml with this cluster's site settings, written under path."""
@@ -120,7 +122,7 @@ def test_slurm_profile_runs_the_workflow_through_sbatch(slurm_cluster, tmp_path,
     slurm_logs = [p.relative_to(logs).parts[0] for p in logs.rglob("*.log")]
     assert set(slurm_logs) >= {
         "rule_finetune",
-        "rule_score_ig_layer",
+        "rule_score_layer",
         "rule_aggregate",
         "rule_plots",
     }

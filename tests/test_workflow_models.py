@@ -2,6 +2,7 @@
 and a user's checkpoint file, both written in fair-esm's format."""
 
 import pandas as pd
+import pytest
 from workflow_helpers import make_workdir, snakemake
 
 from kneurons.model import build_tiny_esm2, load_esm_checkpoint, save_esm_checkpoint
@@ -9,6 +10,8 @@ from kneurons.model import build_tiny_esm2, load_esm_checkpoint, save_esm_checkp
 from fake_uniprot import FakeServer
 
 NAME = "esm2_t6_8M_UR50D"
+
+pytestmark = pytest.mark.slow  # every test runs snakemake
 
 
 def workdir(tmp_path, config):
