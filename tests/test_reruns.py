@@ -18,7 +18,7 @@ from workflow_helpers import ROOT, deep_update, read_config, snakemake, write_co
 UPSTREAM = {"download", "split", "prepare_model"}
 TAIL = {"aggregate": 1, "plots": 1, "all": 1}
 # one seed of the small config: 2 layers, methods ig/activation/random, ratios 0.5/0.1
-SEED_SCORING = {"score_ig_layer": 2, "merge_ig_layers": 1, "score_activation": 1, "score_random": 1}
+SEED_SCORING = {"score_layer": 2, "merge_layers": 1, "score": 2}
 
 
 def job_counts(path: Path, env: dict | None = None) -> dict[str, int]:
@@ -79,7 +79,7 @@ def test_new_method_runs_only_its_scoring_and_evaluations(run_copy):
     change_config(run_copy, {"scoring": {"methods": ["ig", "activation", "random"]}})
     counts = job_counts(run_copy)
     report("method activation added", counts)
-    assert counts == {"score_activation": 1, "evaluate": 2, **TAIL}
+    assert counts == {"score": 1, "evaluate": 2, **TAIL}
 
 
 def test_new_seed_runs_only_that_seeds_chain(run_copy):
@@ -109,7 +109,16 @@ def test_plot_style_change_reruns_only_plots(run_copy):
     "module, expected",
     [
         ("scoring.py", {**SEED_SCORING, "evaluate": 6, **TAIL}),
+        ("methods/ig.py", {"score_layer": 2, "merge_layers": 1, "evaluate": 2, **TAIL}),
+        ("selection.py", {"evaluate": 6, **TAIL}),
+        ("train.py", {"finetune": 1, **SEED_SCORING, "evaluate": 6, **TAIL}),
+        (
+            "data.py",
+            {"download": 1, "split": 1, "finetune": 1, **SEED_SCORING, "evaluate": 6, **TAIL},
+        ),
+        ("report.py", {"aggregate": 1, "plots": 1, "all": 1}),
         ("download.py", {}),  # the UniProt client does not decide a synthetic run
+        ("progress.py", {}),  # log lines decide nothing
     ],
 )
 def test_code_change_reruns_what_it_decides(run_copy, tmp_path, module, expected):
@@ -235,4 +244,4 @@ def test_default_config_written_another_way_reruns_nothing(tmp_path):
         report(f"default config, {case}", counts)
         assert counts == {}, case
     write_config(run, deep_update(default, {"scoring": {"ig_steps": 10}}))
-    assert job_counts(run)["score_ig_layer"] == 4 * len(default["seeds"])  # a real change
+    assert job_counts(run)["score_layer"] == 4 * len(default["seeds"])  # a real change

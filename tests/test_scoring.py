@@ -10,9 +10,6 @@ from kneurons.scoring import (
     ig_scores,
     ig_scores_reference,
     quadrature,
-    random_scores,
-    scores_frame,
-    unit_counts,
 )
 from kneurons.selection import keep_masks, kept_counts, select
 
@@ -139,14 +136,6 @@ def test_activation_scores_match_a_hand_computation(tiny_classifier, sequences):
         torch.testing.assert_close(scores[(2, module)], torch.stack(per_sequence).mean(0))
 
 
-def test_random_scores_are_seeded(tiny_classifier):
-    counts = unit_counts(tiny_classifier, MODULES)
-    a, b, c = random_scores(counts, 1), random_scores(counts, 1), random_scores(counts, 2)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not all(torch.equal(a[k], c[k]) for k in a)
-    assert len(scores_frame(a)) == sum(counts.values())
-
-
 def toy_scores():
     rng = np.random.default_rng(0)
     rows = [
@@ -199,3 +188,51 @@ def test_scoring_leaves_requires_grad_as_it_was(tiny_classifier, sequences, labe
     assert all(p.requires_grad for p in tiny_classifier.parameters())
     ig_scores(tiny_classifier, sequences, labels, 0, ["k_proj"], steps=2, progress=False)
     assert all(p.requires_grad for p in tiny_classifier.parameters())  # later training works
+
+
+# --- gradient x activation ---------------------------------------------------------------------
+
+
+def test_gradxact_equals_ig_with_one_right_riemann_step(tiny_classifier, sequences, labels):
+    from kneurons.methods.gradxact import gradxact_scores
+
+    modules = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    fast = gradxact_scores(tiny_classifier, sequences, labels, range(3), modules, batch_size=3)
+    for layer in range(3):
+        one_step = ig_scores(
+            tiny_classifier, sequences, labels, layer, modules, steps=1, rule="riemann_right",
+            progress=False,
+        )  # fmt: skip
+        for module in modules:
+            torch.testing.assert_close(
+                fast[(layer, module)], one_step[(layer, module)], rtol=1e-9, atol=1e-12
+            )
+
+
+def test_gradxact_equals_per_unit_finite_differences(tiny_classifier, sequences, labels):
+    """Brute force: scale one unit's output by 1 +- eps, one sequence at a time, unbatched."""
+    from kneurons.methods.gradxact import gradxact_scores
+
+    picked = [(0, "k_proj"), (1, "fc1"), (2, "out_proj")]
+    fast = gradxact_scores(
+        tiny_classifier, sequences, labels, range(3), ["k_proj", "fc1", "out_proj"], batch_size=4
+    )  # one padded batch
+    eps = 1e-6
+    for layer, module in picked:
+        target = linear(tiny_classifier.esm, layer, module)
+        for unit in range(6):
+            total = 0.0
+            for sequence, label in zip(sequences, labels, strict=True):
+                p = []
+                for sign in (1, -1):
+                    scale = torch.ones(target.out_features, dtype=torch.float64)
+                    scale[unit] += sign * eps
+                    handle = target.register_forward_hook(lambda _m, _i, out, s=scale: out * s)
+                    try:
+                        with torch.no_grad():
+                            p.append(tiny_classifier(encode([sequence])).softmax(-1)[0, label])
+                    finally:
+                        handle.remove()
+                total += ((p[0] - p[1]) / (2 * eps)).item()
+            expected = total / len(sequences)
+            assert fast[(layer, module)][unit].item() == pytest.approx(expected, abs=1e-8)

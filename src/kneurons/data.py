@@ -532,6 +532,31 @@ def read_input(path: str | os.PathLike, **table_columns) -> tuple[pd.DataFrame, 
     return read_table(path, **table_columns)
 
 
+def prepare_table(
+    table: pd.DataFrame,
+    classes,
+    min_length: int,
+    max_length: int,
+    *,
+    nonstandard: str,
+    source: str,
+    labelled: bool,
+) -> tuple[pd.DataFrame, Counter]:
+    """The sequences a run uses: for unlabelled input (UniProt, tables) one row per (id,
+    sequence) (an entry fetched for two classes comes twice) labelled by `assign_classes`;
+    then `filter_sequences`. Returns (table, dropped reasons)."""
+    dropped: Counter = Counter()
+    if not labelled:
+        table = table.drop_duplicates(subset=["id", "sequence"]).reset_index(drop=True)
+        table, dropped_classes = assign_classes(table, classes)
+        dropped.update(dropped_classes)
+    table, dropped_filter = filter_sequences(
+        table, min_length, max_length, nonstandard=nonstandard, source=source
+    )
+    dropped.update(dropped_filter)
+    return table, dropped
+
+
 def read_labelled(path: str | os.PathLike) -> pd.DataFrame:
     """Read back a table written (with io.write_tsv) from one of this module's results."""
     try:

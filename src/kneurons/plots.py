@@ -39,7 +39,7 @@ DEFAULT_STYLE = {
     "diverging_cmap": "RdBu_r",
     "figure_width": 10.0,
 }
-METHOD_COLORS = {"ig": "#1f77b4", "activation": "#ff7f0e", "random": "#7f7f7f", "full": "black"}
+# Methods bring their own colours (kneurons.methods, passed in as style["method_colors"]).
 _EXTRA_COLORS = ["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 OUTPUT_NAMES = {
@@ -76,10 +76,12 @@ def _rc(st: dict) -> dict:
     }
 
 
-def _colors(methods: Iterable[str]) -> dict[str, str]:
+def _colors(methods: Iterable[str], given: dict | None = None) -> dict[str, str]:
+    """Each method's registered colour (`given`), else the next of a fixed palette."""
+    given = {FULL_METHOD: "black", **(given or {})}
     colors, extra = {}, iter(_EXTRA_COLORS * 4)
     for m in methods:
-        colors[m] = METHOD_COLORS.get(m) or next(extra)
+        colors[m] = given.get(m) or next(extra)
     return colors
 
 
@@ -125,7 +127,7 @@ def plot_accuracy_vs_retention(
         fig = Figure(figsize=(st["figure_width"], st["figure_width"] * 0.55), layout="constrained")
         ax = fig.add_subplot()
         methods = _pruned_methods(summary)
-        colors = _colors(methods)
+        colors = _colors(methods, st.get("method_colors"))
         for method in methods:
             g = summary[summary["method"] == method].groupby("retention")["accuracy"]
             stats = g.agg(["mean", "std", "min", "max", "count"]).sort_index()
@@ -189,7 +191,10 @@ def plot_accuracy_vs_retention(
 
 
 def _cell_means(density: pd.DataFrame, value: str) -> pd.DataFrame:
-    return density.groupby(["method", "retention", "layer", "module"], as_index=False)[value].mean()
+    """Mean of `value` over seeds per (method, retention, layer, module); methods in the order
+    they come (the config's)."""
+    keys = ["method", "retention", "layer", "module"]
+    return density.groupby(keys, as_index=False, sort=False)[value].mean()
 
 
 def plot_layer_heatmaps(
@@ -330,7 +335,7 @@ def plot_module_enrichment(
     """
     st = _style(style)
     methods = _pruned_methods(enrichment)
-    colors = _colors(methods)
+    colors = _colors(methods, st.get("method_colors"))
     rets = sorted(enrichment["retention"].unique(), reverse=True)
     mods = module_order(enrichment["module"])
     n_seeds = int(enrichment["n_seeds"].min()) if len(enrichment) else 0

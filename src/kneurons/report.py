@@ -21,9 +21,8 @@ import numpy as np
 import pandas as pd
 
 from kneurons.io import atomic_path, read_json, write_tsv
+from kneurons.units import MODULES
 
-MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-METHOD_ORDER = ("full", "ig", "activation", "random")
 FULL_METHOD = "full"
 FOCUS_MODULE = "k_proj"
 
@@ -57,17 +56,17 @@ PathLike = str | os.PathLike
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    """Canonical method order (full, ig, activation, random), unknown methods after, sorted."""
+    """'full' first, then the methods in order of first appearance (the config's order: the
+    workflow passes evaluations seed by seed, methods in config order)."""
     present = list(dict.fromkeys(methods))
-    known = [m for m in METHOD_ORDER if m in present]
-    return known + sorted(m for m in present if m not in METHOD_ORDER)
+    return [m for m in present if m == FULL_METHOD] + [m for m in present if m != FULL_METHOD]
 
 
 def module_order(modules: Iterable[str]) -> list[str]:
     """Canonical module order (q, k, v, out, fc1, fc2), only those present; unknown ones after."""
     present = list(dict.fromkeys(modules))
-    known = [m for m in MODULE_ORDER if m in present]
-    return known + sorted(m for m in present if m not in MODULE_ORDER)
+    known = [m for m in MODULES if m in present]
+    return known + sorted(m for m in present if m not in MODULES)
 
 
 def format_retention(r: float) -> str:
@@ -183,11 +182,14 @@ def module_enrichment(density: pd.DataFrame) -> pd.DataFrame:
     """
     if density.empty:
         return pd.DataFrame(columns=ENRICHMENT_COLUMNS)
-    per_seed = density.groupby(["method", "retention", "module", "seed"], as_index=False)[
-        ["n_kept", "n_neurons"]
-    ].sum()
+    # sort=False: methods stay in the order they come (the config's)
+    per_seed = density.groupby(
+        ["method", "retention", "module", "seed"], as_index=False, sort=False
+    )[["n_kept", "n_neurons"]].sum()
     per_seed["enrichment"] = per_seed["n_kept"] / per_seed["n_neurons"] / per_seed["retention"]
-    agg = per_seed.groupby(["method", "retention", "module"], as_index=False)["enrichment"].agg(
+    agg = per_seed.groupby(["method", "retention", "module"], as_index=False, sort=False)[
+        "enrichment"
+    ].agg(
         enrichment_mean="mean",
         enrichment_sd=lambda s: s.std(ddof=1),
         enrichment_min="min",

@@ -1,4 +1,5 @@
-"""Neuron scores: activation magnitude, integrated gradients (IG), random.
+"""Scoring engines shared by the methods in `kneurons.methods`: activation magnitude,
+integrated gradients (IG), the scoring subset, batching and the scores table.
 
 A neuron is one output unit of a Linear module (`model.MODULES`) in one layer. IG follows
 Dai et al.: the module's whole output is scaled from 0 to its value; a unit's attribution is
@@ -63,7 +64,20 @@ def scores_frame(scores: dict[tuple[int, str], torch.Tensor]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _length_sorted_batches(sequences: Sequence[str], batch_size: int) -> list[list[int]]:
+def scoring_subset(
+    split: pd.DataFrame, classes: Sequence[int], max_sequences: int, seed: int
+) -> tuple[list[str], list[int]]:
+    """The validation split, or a seeded subset of `max_sequences` of it (never the test split):
+    its sequences and their class indices in the head's order `classes`."""
+    val = split.query("split == 'validation'")
+    if len(val) > max_sequences:
+        val = val.sample(n=max_sequences, random_state=seed)
+    index = {c: k for k, c in enumerate(classes)}
+    return list(val["sequence"]), [index[c] for c in val["ec_class"]]
+
+
+def length_sorted_batches(sequences: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of `sequences` in batches of similar length (less padding), ties by index."""
     order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), i))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -101,7 +115,7 @@ def activation_scores(
         for module in modules
     ]
     try:
-        for chunk in report_progress(_length_sorted_batches(sequences, batch_size), "activation"):
+        for chunk in report_progress(length_sorted_batches(sequences, batch_size), "activation"):
             tokens = encode([sequences[i] for i in chunk], max_length).to(device)
             not_pad = (tokens != model.esm.padding_idx).double()
             state["token_weight"] = (not_pad / not_pad.sum(1, keepdim=True)).T  # (T, B)
@@ -140,7 +154,7 @@ def ig_scores(
     alphas, weights = (t.to(device, dtype) for t in quadrature(rule, steps))
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     totals = {(layer, m): 0 for m in modules}
-    batches = _length_sorted_batches(sequences, max(1, min(batch_size, rows_per_pass)))
+    batches = length_sorted_batches(sequences, max(1, min(batch_size, rows_per_pass)))
     with frozen(model):
         for chunk in report_progress(batches, f"IG layer {layer}", summary=progress):
             tokens = encode([sequences[i] for i in chunk], max_length).to(device)
@@ -250,24 +264,6 @@ def _integrated_gradients(
     finally:
         handle.remove()
     return captured["output"] * integrated
-
-
-def random_scores(
-    unit_counts: dict[tuple[int, str], int], seed: int
-) -> dict[tuple[int, str], torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        key: torch.rand(n, generator=generator, dtype=torch.float64)
-        for key, n in unit_counts.items()
-    }
-
-
-def unit_counts(model: EnzymeClassifier, modules: Sequence[str]) -> dict[tuple[int, str], int]:
-    return {
-        (layer, m): linear(model.esm, layer, m).out_features
-        for layer in range(model.num_layers)
-        for m in modules
-    }
 
 
 def ig_scores_reference(

@@ -66,6 +66,7 @@ def run(smk, step) -> None:
 
 
 def download(input, output, params, wildcards) -> None:
+    """Write the labelled, filtered sequences of the configured source and what was dropped."""
     source = params["source"]
     dropped: Counter = Counter()
     info: dict = {"source": source}
@@ -116,19 +117,16 @@ def download(input, output, params, wildcards) -> None:
         dropped.update(dropped_read)
         info["table"] = str(Path(path).resolve())
         name = path
-    if source != "synthetic":
-        # entries fetched for several classes appear once per class; keep one
-        table = table.drop_duplicates(subset=["id", "sequence"]).reset_index(drop=True)
-        table, dropped_classes = data.assign_classes(table, params["classes"])
-        dropped.update(dropped_classes)
-    table, dropped_filter = data.filter_sequences(
+    table, dropped_prepare = data.prepare_table(
         table,
+        params["classes"],
         params["min_length"],
         params["max_length"],
         nonstandard=params["nonstandard"],
         source=name,
+        labelled=source == "synthetic",
     )
-    dropped.update(dropped_filter)
+    dropped.update(dropped_prepare)
     info["dropped"] = dict(dropped)
     info["class_counts"] = {
         str(k): int(v) for k, v in table["ec_class"].value_counts().sort_index().items()
@@ -142,6 +140,7 @@ def download(input, output, params, wildcards) -> None:
 
 
 def split(input, output, params, wildcards) -> None:
+    """Write the stratified train/validation/test split of the sequences."""
     table = data.read_labelled(input.table)
     fractions = {k: params[k] for k in ("train", "validation", "test")}
     try:
@@ -159,6 +158,7 @@ def split(input, output, params, wildcards) -> None:
 
 
 def prepare_model(input, output, params, wildcards) -> None:
+    """Build the tiny ESM-2 or fetch a release checkpoint, and check that it loads."""
     from kneurons import model
 
     name = params["name"]
@@ -180,6 +180,7 @@ def prepare_model(input, output, params, wildcards) -> None:
 
 
 def finetune(input, output, params, wildcards) -> None:
+    """Fine-tune ESM-2 plus a head for one seed; write the model and its metrics."""
     from kneurons import model, train
 
     device = model.pick_device(params["device"])
@@ -202,70 +203,38 @@ def finetune(input, output, params, wildcards) -> None:
 # --- neurons ----------------------------------------------------------------------------
 
 
-def scoring_subset(
-    split_path, classes, max_sequences: int, seed: int
-) -> tuple[list[str], list[int]]:
-    """The validation split, or a seeded subset of it: never the test split."""
-    val = data.read_labelled(split_path).query("split == 'validation'")
-    if len(val) > max_sequences:
-        val = val.sample(n=max_sequences, random_state=seed)
-    index = {c: k for k, c in enumerate(classes)}
-    return list(val["sequence"]), [index[c] for c in val["ec_class"]]
+def score(input, output, params, wildcards) -> None:
+    """Scores of one method (`kneurons.methods`): one layer (per-layer methods) or all."""
+    from kneurons import methods, model, scoring
 
-
-def score_random(input, output, params, wildcards) -> None:
-    from kneurons import model, scoring
-
-    classifier, _ = model.load_classifier(input.model)
-    counts = scoring.unit_counts(classifier, params["modules"])
-    scores = scoring.random_scores(counts, int(wildcards["seed"]))
-    io.write_tsv(scoring.scores_frame(scores), output.scores)
-
-
-def score_activation(input, output, params, wildcards) -> None:
-    from kneurons import model, scoring
-
-    classifier, meta = model.load_classifier(input.model, model.pick_device(params["device"]))
-    sequences, _ = scoring_subset(
-        input.split, meta["classes"], params["max_sequences"], int(wildcards["seed"])
+    method = methods.get(wildcards["method"])
+    seed = int(wildcards["seed"])
+    classifier, meta = model.load_classifier(
+        input.model, model.pick_device(params.get("device", "cpu"))
     )
-    log.info("activation scores on %d validation sequences", len(sequences))
-    scores = scoring.activation_scores(
-        classifier,
-        sequences,
-        params["modules"],
-        batch_size=params["batch_size"],
-        max_length=meta["max_length"],
+    sequences, labels = [], []
+    if method.needs_model_pass:
+        sequences, labels = scoring.scoring_subset(
+            data.read_labelled(input.split), meta["classes"], params["max_sequences"], seed
+        )
+    if "layer" in wildcards:
+        layers = [int(wildcards["layer"])]
+    else:
+        layers = list(range(classifier.num_layers))
+    log.info(
+        "%s scores of layer(s) %s on %d validation sequences",
+        method.name,
+        ", ".join(map(str, layers)),
+        len(sequences),
     )
-    io.write_tsv(scoring.scores_frame(scores), output.scores)
-
-
-def score_ig_layer(input, output, params, wildcards) -> None:
-    from kneurons import model, scoring
-
-    classifier, meta = model.load_classifier(input.model, model.pick_device(params["device"]))
-    sequences, labels = scoring_subset(
-        input.split, meta["classes"], params["max_sequences"], int(wildcards["seed"])
+    inputs = methods.ScoringInputs(
+        sequences, labels, layers, params["modules"], seed, meta["max_length"], params
     )
-    layer = int(wildcards["layer"])
-    log.info("IG of layer %d on %d validation sequences", layer, len(sequences))
-    scores = scoring.ig_scores(
-        classifier,
-        sequences,
-        labels,
-        layer,
-        params["modules"],
-        steps=params["ig_steps"],
-        rule=params["ig_rule"],
-        absolute=params["ig_abs"],
-        batch_size=params["batch_size"],
-        rows_per_pass=params["rows_per_pass"],
-        max_length=meta["max_length"],
-    )
-    io.write_tsv(scoring.scores_frame(scores), output.scores)
+    io.write_tsv(scoring.scores_frame(method.score(classifier, inputs)), output.scores)
 
 
 def merge_scores(input, output, params, wildcards) -> None:
+    """Concatenate per-layer score tables in layer order."""
     io.write_tsv(
         pd.concat([pd.read_csv(p, sep="\t") for p in input.layers], ignore_index=True),
         output.scores,
@@ -273,6 +242,7 @@ def merge_scores(input, output, params, wildcards) -> None:
 
 
 def evaluate(input, output, params, wildcards) -> None:
+    """Keep the top fraction of scored neurons, ablate the rest, measure the test split."""
     import torch
 
     from kneurons import model, selection, train
@@ -319,6 +289,7 @@ def evaluate(input, output, params, wildcards) -> None:
 
 
 def aggregate(input, output, params, wildcards) -> None:
+    """Summary tables and the markdown summary over seeds, methods and retentions."""
     from kneurons import report
 
     report.write_outputs(
@@ -331,6 +302,7 @@ def aggregate(input, output, params, wildcards) -> None:
 
 
 def plots(input, output, params, wildcards) -> None:
+    """The four figures, PNG and PDF."""
     from kneurons import plots as plotting
 
     plotting.make_all_plots(

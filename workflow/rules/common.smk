@@ -12,11 +12,16 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from kneurons.config import ConfigError, canonical, check_schema, conform
+from kneurons.methods import REGISTRY as METHOD_REGISTRY
 
 min_version("9.0")
 
 CONFIG_SCHEMA = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 SCHEMA = yaml.safe_load(CONFIG_SCHEMA.read_text())
+# the method names come from the registry, not from a hand-kept list
+SCHEMA["properties"]["scoring"]["properties"]["methods"]["items"] = {
+    "enum": list(METHOD_REGISTRY)
+}
 try:
     check_schema(config, SCHEMA)  # a bad value: one line naming the key, no traceback
 except ConfigError as err:
@@ -91,7 +96,7 @@ RATIOS = config["sweep"]["retention_ratios"]
 
 wildcard_constraints:
     seed=r"\d+",
-    method="|".join(["ig", "activation", "random"]),
+    method="|".join(METHOD_REGISTRY),
     layer=r"\d+",
     ratio=r"[0-9.]+",
 
@@ -103,11 +108,11 @@ wildcard_constraints:
 # reruns the scoring rules and what follows them, and leaves finetune alone.
 # The hash covers the listed modules plus the kneurons modules they import (transitively),
 # read from the installed (editable) package, not from a copy of the workflow.
-# Left out everywhere: kneurons.io (atomic writes, TSV/JSON reading and writing) and
-# kneurons.workflow (glue passing paths and params to the modules). Every rule uses them,
-# so hashing them would rerun the whole DAG for a log message or a refactor; after a change
-# there that alters results, rerun the affected rules with `--forcerun RULE`.
-UNHASHED_MODULES = {"io", "workflow"}
+# Left out: code that decides no number. kneurons.io (atomic writes, reading files),
+# kneurons.workflow (glue: paths and params in, one package call, outputs written; what
+# selects, filters or labels data lives in the hashed modules), kneurons.errors and
+# kneurons.progress (messages). Hashing them would rerun the DAG for a log message.
+UNHASHED_MODULES = {"io", "workflow", "errors", "progress"}
 
 
 @cache
@@ -118,21 +123,32 @@ def package_dir():
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def module_file(name):
+    """The source of kneurons module `name` (dotted below the package: `methods.ig`)."""
+    path = package_dir().joinpath(*name.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 @cache
 def module_imports(name):
     """kneurons modules that module `name` imports at the top level or inside functions."""
-    tree = ast.parse((package_dir() / f"{name}.py").read_text())
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(module_file(name).read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "kneurons":
-                found.update(alias.name for alias in node.names)
-            elif node.module.startswith("kneurons."):
-                found.add(node.module.split(".")[1])
+            parts = node.module.split(".")
+            if parts[0] != "kneurons":
+                continue
+            base = ".".join(parts[1:])
+            for alias in node.names:  # `from kneurons.x import y`: y may be a module
+                sub = f"{base}.{alias.name}" if base else alias.name
+                if module_file(sub).is_file():
+                    found.add(sub)
+                elif base:
+                    found.add(base)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("kneurons."):
-                    found.add(alias.name.split(".")[1])
+                    found.add(alias.name.split(".", 1)[1])
     return frozenset(found - UNHASHED_MODULES)
 
 
@@ -148,7 +164,7 @@ def code_version(*names):
     digest = hashlib.sha256()
     for name in sorted(seen):
         digest.update(name.encode() + b"\0")
-        digest.update((package_dir() / f"{name}.py").read_bytes())
+        digest.update(module_file(name).read_bytes())
     return f"{'+'.join(sorted(seen))}:{digest.hexdigest()[:12]}"
 
 
@@ -210,19 +226,41 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def scoring_params(*keys):
-    """Only the scoring settings a rule uses, so a change of another reruns nothing."""
-    return {key: config["scoring"][key] for key in keys}
+def methods_pattern(per_layer):
+    """Regex of the registered methods that run per layer (or in one job)."""
+    names = [m.name for m in METHOD_REGISTRY.values() if m.per_layer == per_layer]
+    return "|".join(names) or "(?!)"
+
+
+def scoring_inputs(wildcards):
+    """The fine-tuned model; the split too when the method runs the model on sequences."""
+    inputs = {"model": rules.finetune.output.model.format(seed=wildcards.seed)}
+    if METHOD_REGISTRY[wildcards.method].needs_model_pass:
+        inputs["split"] = rules.split.output.split
+    return inputs
+
+
+def scoring_settings(wildcards):
+    """Only the scoring settings this method uses, plus the code that decides its scores."""
+    method = METHOD_REGISTRY[wildcards.method]
+    keys = ["modules", *method.settings]
+    if method.needs_model_pass:
+        keys += ["max_sequences", "device"]
+    return settings(
+        {key: config["scoring"][key] for key in keys},
+        code=code_version("model", "scoring", f"methods.{method.name}"),
+    )
 
 
 def scores_table(wildcards):
     return f"results/scores/seed{wildcards.seed}/{wildcards.method}.tsv"
 
 
-def ig_layer_tables(wildcards):
+def layer_tables(wildcards):
     return expand(
-        "results/scores/seed{seed}/ig/layer{layer}.tsv",
+        "results/scores/seed{seed}/{method}/layer{layer}.tsv",
         seed=wildcards.seed,
+        method=wildcards.method,
         layer=range(num_layers()),
     )
 

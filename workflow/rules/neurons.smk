@@ -1,88 +1,60 @@
-rule score_ig_layer:
+# One rule family for every method in kneurons.methods: per-layer jobs for the costly ones
+# (IG), so a cluster spreads them, then a merge; one job for the others.
+rule score_layer:
     input:
-        model=rules.finetune.output.model,
-        split=rules.split.output.split,
+        unpack(scoring_inputs),
     output:
-        scores="results/scores/seed{seed}/ig/layer{layer}.tsv",
+        scores="results/scores/seed{seed}/{method}/layer{layer}.tsv",
     log:
-        "results/logs/score/seed{seed}/ig/layer{layer}.log",
+        "results/logs/score/seed{seed}/{method}/layer{layer}.log",
     benchmark:
-        "results/benchmarks/score/seed{seed}/ig/layer{layer}.tsv"
+        "results/benchmarks/score/seed{seed}/{method}/layer{layer}.tsv"
+    wildcard_constraints:
+        method=methods_pattern(per_layer=True),
     conda:
         "../../envs/kneurons.yaml"
     threads: 1
     params:
-        settings=settings(
-            scoring_params(
-                "modules",
-                "max_sequences",
-                "ig_steps",
-                "ig_rule",
-                "ig_abs",
-                "batch_size",
-                "rows_per_pass",
-                "device",
-            ),
-            code=code_version("model", "scoring"),
-        ),
+        settings=scoring_settings,
     script:
-        "../scripts/score_ig_layer.py"
+        "../scripts/score.py"
 
 
-rule merge_ig_layers:
+rule merge_layers:
     input:
-        layers=ig_layer_tables,
+        layers=layer_tables,
     output:
-        scores="results/scores/seed{seed}/ig.tsv",
+        scores="results/scores/seed{seed}/{method}.tsv",
     log:
-        "results/logs/merge_ig_layers/seed{seed}.log",
+        "results/logs/merge_layers/seed{seed}/{method}.log",
     benchmark:
-        "results/benchmarks/merge_ig_layers/seed{seed}.tsv"
+        "results/benchmarks/merge_layers/seed{seed}/{method}.tsv"
+    wildcard_constraints:
+        method=methods_pattern(per_layer=True),
     conda:
         "../../envs/kneurons.yaml"
     script:
         "../scripts/merge_scores.py"
 
 
-rule score_activation:
+rule score:
     input:
-        model=rules.finetune.output.model,
-        split=rules.split.output.split,
+        unpack(scoring_inputs),
     output:
-        scores="results/scores/seed{seed}/activation.tsv",
+        scores="results/scores/seed{seed}/{method}.tsv",
     log:
-        "results/logs/score/seed{seed}/activation.log",
+        "results/logs/score/seed{seed}/{method}.log",
     benchmark:
-        "results/benchmarks/score/seed{seed}/activation.tsv"
+        "results/benchmarks/score/seed{seed}/{method}.tsv"
+    wildcard_constraints:
+        method=methods_pattern(per_layer=False),
     conda:
         "../../envs/kneurons.yaml"
     threads: 1
     params:
-        settings=settings(
-            scoring_params("modules", "max_sequences", "batch_size", "device"),
-            code=code_version("model", "scoring"),
-        ),
+        settings=scoring_settings,
     script:
-        "../scripts/score_activation.py"
-
-
-rule score_random:
-    input:
-        model=rules.finetune.output.model,
-    output:
-        scores="results/scores/seed{seed}/random.tsv",
-    log:
-        "results/logs/score/seed{seed}/random.log",
-    benchmark:
-        "results/benchmarks/score/seed{seed}/random.tsv"
-    conda:
-        "../../envs/kneurons.yaml"
-    params:
-        settings=settings(
-            scoring_params("modules"), code=code_version("model", "scoring")
-        ),
-    script:
-        "../scripts/score_random.py"
+        "../scripts/score.py"
 
 
 rule evaluate:

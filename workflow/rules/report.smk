@@ -36,6 +36,10 @@ rule plots:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=settings(config["plots"], code=code_version("plots")),
+        settings=settings(
+            config["plots"],
+            method_colors={m: METHOD_REGISTRY[m].color for m in METHODS},
+            code=code_version("plots"),
+        ),
     script:
         "../scripts/plots.py"

@@ -1,0 +1,22 @@
+"""Mean |output| of each unit over a sequence's tokens: the engine is
+`kneurons.scoring.activation_scores`."""
+
+from __future__ import annotations
+
+from kneurons.methods.base import Scores, ScoringInputs, ScoringMethod
+from kneurons.scoring import activation_scores
+
+
+def score(model, inputs: ScoringInputs) -> Scores:
+    """Activation magnitude of every unit, averaged over the scoring sequences."""
+    return activation_scores(
+        model,
+        inputs.sequences,
+        inputs.modules,
+        layers=inputs.layers,
+        batch_size=inputs.settings["batch_size"],
+        max_length=inputs.max_length,
+    )
+
+
+METHOD = ScoringMethod(name="activation", score=score, settings=("batch_size",), color="#ff7f0e")

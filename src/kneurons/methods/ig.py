@@ -1,0 +1,36 @@
+"""Integrated gradients per unit (Dai et al.): the engine is `kneurons.scoring.ig_scores`."""
+
+from __future__ import annotations
+
+from kneurons.methods.base import Scores, ScoringInputs, ScoringMethod
+from kneurons.scoring import ig_scores
+
+
+def score(model, inputs: ScoringInputs) -> Scores:
+    """IG of p(true class) for every unit of `inputs.modules` in each of `inputs.layers`."""
+    s = inputs.settings
+    scores: Scores = {}
+    for layer in inputs.layers:
+        scores |= ig_scores(
+            model,
+            inputs.sequences,
+            inputs.labels,
+            layer,
+            inputs.modules,
+            steps=s["ig_steps"],
+            rule=s["ig_rule"],
+            absolute=s["ig_abs"],
+            batch_size=s["batch_size"],
+            rows_per_pass=s["rows_per_pass"],
+            max_length=inputs.max_length,
+        )
+    return scores
+
+
+METHOD = ScoringMethod(
+    name="ig",
+    score=score,
+    settings=("ig_steps", "ig_rule", "ig_abs", "batch_size", "rows_per_pass"),
+    per_layer=True,
+    color="#1f77b4",
+)

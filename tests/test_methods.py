@@ -1,0 +1,80 @@
+"""The scoring-method interface: registry, common contract, adding a method as one file."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+import torch
+
+import kneurons.methods as methods
+from kneurons.methods import REGISTRY, ScoringInputs, ScoringMethod
+from kneurons.model import MODULES, linear
+
+SETTINGS = {"ig_steps": 2, "ig_rule": "gausslegendre", "ig_abs": False, "batch_size": 2}
+SETTINGS |= {"rows_per_pass": 8}
+
+
+def test_registry_order_and_declarations():
+    assert list(REGISTRY)[:3] == ["ig", "activation", "random"]  # the paper's, then the rest
+    assert "gradxact" in REGISTRY
+    assert [name for name, m in REGISTRY.items() if m.per_layer] == ["ig"]
+    assert [name for name, m in REGISTRY.items() if not m.needs_model_pass] == ["random"]
+    for name, method in REGISTRY.items():
+        assert method.name == name and method.color
+        assert set(method.settings) <= set(SETTINGS), name
+    with pytest.raises(KeyError, match="unknown scoring method 'saliency'; known: ig, "):
+        methods.get("saliency")
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_method_scores_every_unit(tiny_classifier, sequences, labels, name):
+    method = REGISTRY[name]
+    inputs = ScoringInputs(
+        sequences if method.needs_model_pass else [],
+        labels if method.needs_model_pass else [],
+        [0, 2],
+        ["k_proj", "fc1"],
+        seed=3,
+        max_length=None,
+        settings={key: SETTINGS[key] for key in method.settings},
+    )
+    scores = method.score(tiny_classifier, inputs)
+    assert list(scores) == [(0, "k_proj"), (0, "fc1"), (2, "k_proj"), (2, "fc1")]
+    for (layer, module), values in scores.items():
+        assert values.shape == (linear(tiny_classifier.esm, layer, module).out_features,)
+        assert torch.isfinite(values).all() and values.abs().sum() > 0
+    again = method.score(tiny_classifier, inputs)
+    assert all(torch.equal(scores[k], again[k]) for k in scores)  # deterministic on CPU
+
+
+def test_random_depends_on_the_seed_only(tiny_classifier):
+    def draw(seed):
+        inputs = ScoringInputs([], [], [0, 1, 2], MODULES, seed, None)
+        return REGISTRY["random"].score(tiny_classifier, inputs)
+
+    a, b, c = draw(1), draw(1), draw(2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_new_method_is_one_file(tmp_path, monkeypatch, tiny_classifier):
+    (tmp_path / "weightnorm.py").write_text(
+        "import torch\n"
+        "from kneurons.methods.base import ScoringMethod\n"
+        "from kneurons.model import linear\n"
+        "def score(model, inputs):\n"
+        "    return {(l, m): linear(model.esm, l, m).weight.norm(dim=1).double()\n"
+        "            for l in inputs.layers for m in inputs.modules}\n"
+        "METHOD = ScoringMethod(name='weightnorm', score=score, needs_model_pass=False)\n"
+    )
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "kneurons.methods.weightnorm", raising=False)
+    found = methods._discover()
+    assert list(found)[-1] == "weightnorm" and list(found)[:3] == ["ig", "activation", "random"]
+    assert isinstance(found["weightnorm"], ScoringMethod)
+    inputs = ScoringInputs([], [], [1], ["fc2"], 0, None)
+    scores = found["weightnorm"].score(tiny_classifier, inputs)
+    assert scores[(1, "fc2")].shape == (32,)
+    importlib.invalidate_caches()

@@ -1,0 +1,3 @@
+from kneurons.workflow import run, score
+
+run(snakemake, score)  # noqa: F821 - injected by Snakemake
