@@ -21,8 +21,8 @@ from kneurons.download import (
     download_uniprot,
     fetch,
     fetch_esm_checkpoint,
-    load_checkpoint,
 )
+from kneurons.io import load_checkpoint
 
 from fake_uniprot import Entry, FakeServer, Fault
 

@@ -90,6 +90,7 @@ def _fused_forward(
 
 
 def attention_modules(model: nn.Module) -> list[MultiheadAttention]:
+    """Every fair-esm MultiheadAttention inside `model`."""
     return [m for m in model.modules() if isinstance(m, MultiheadAttention)]
 
 
@@ -107,5 +108,6 @@ def use_fused_attention(model: nn.Module, enabled: bool = True) -> nn.Module:
 
 
 def fused_attention_enabled(model: nn.Module) -> bool:
+    """True if every attention module of `model` runs the fused forward."""
     modules = attention_modules(model)
     return bool(modules) and all(getattr(m, _FLAG, False) for m in modules)

@@ -7,7 +7,6 @@ the target and renamed into place only once it is complete and verified (`kneuro
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
@@ -30,7 +29,7 @@ from urllib3.exceptions import InvalidHeader, MaxRetryError, ProtocolError
 from urllib3.util.retry import Retry
 
 from kneurons.errors import UserError
-from kneurons.io import atomic_path, write_tsv
+from kneurons.io import atomic_path, load_checkpoint, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -427,14 +426,6 @@ def download_file(
                 problem = f"{type(exc).__name__}: {_one_line(exc, 300)}"
                 raise DownloadError(f"GET {url}: {dest} failed verification: {problem}") from exc
     return dest
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a fair-esm checkpoint safely (weights_only), allowing the argparse.Namespace in cfg."""
-    import torch  # lazy: UniProt downloads should not pay for importing torch
-
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _checkpoint_verifier(required: tuple[str, ...]) -> Callable[[Path], None]:

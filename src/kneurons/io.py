@@ -28,15 +28,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp)` on a temporary path beside `path`; rename it into place if it succeeds."""
     with atomic_path(path) as tmp:
         write(tmp)
 
 
 def write_tsv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write `df` as a tab-separated table without the index, atomically."""
     write_atomic(path, lambda tmp: df.to_csv(tmp, sep="\t", index=False))
 
 
 def write_json(obj, path: str | os.PathLike) -> None:
+    """Write `obj` as indented JSON with sorted keys, atomically."""
+
     def dump(tmp: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -44,4 +48,16 @@ def write_json(obj, path: str | os.PathLike) -> None:
 
 
 def read_json(path: str | os.PathLike):
+    """The JSON document in `path`."""
     return json.loads(Path(path).read_text())
+
+
+def load_checkpoint(path: str | os.PathLike):
+    """torch.load with weights_only (no code runs from the file), on the CPU; fair-esm
+    checkpoints also hold an argparse.Namespace, which is allowed."""
+    import argparse
+
+    import torch  # lazy: the data steps should not pay for importing torch
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(str(path), map_location="cpu", weights_only=True)

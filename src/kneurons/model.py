@@ -15,13 +15,12 @@ from esm.model.esm2 import ESM2
 from torch import nn
 
 from kneurons.attention import use_fused_attention
-from kneurons.io import atomic_path
+from kneurons.io import atomic_path, load_checkpoint
+from kneurons.units import ATTENTION_MODULES, MODULES
 
 log = logging.getLogger(__name__)
 
 ALPHABET = esm.data.Alphabet.from_architecture("ESM-1b")
-MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 PRETRAINED = (
     "esm2_t6_8M_UR50D",
     "esm2_t12_35M_UR50D",
@@ -47,10 +46,12 @@ def module_name(layer: int, module: str) -> str:
 
 
 def linear(esm2: ESM2, layer: int, module: str) -> nn.Linear:
+    """The Linear `module` (q_proj, ..., fc2) of layer `layer` of `esm2`."""
     return esm2.get_submodule(module_name(layer, module))
 
 
 def esm_config(esm2: ESM2) -> dict:
+    """The architecture of `esm2` as plain values (enough to rebuild it)."""
     return {
         "num_layers": esm2.num_layers,
         "embed_dim": esm2.embed_dim,
@@ -92,26 +93,21 @@ def save_esm_checkpoint(esm2: ESM2, path: str | Path) -> None:
 
 
 def regression_path(path: str | Path) -> Path:
+    """Where fair-esm expects the contact regression of checkpoint `path`."""
     path = Path(path)
     return path.with_name(path.stem + "-contact-regression.pt")
-
-
-def torch_load(path: str | Path):
-    """torch.load with weights_only; fair-esm checkpoints also hold an argparse.Namespace."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def load_esm_checkpoint(path: str | Path) -> ESM2:
     """Load an ESM-2 checkpoint written in fair-esm's format (pretrained release or our own)."""
     path = Path(path)
     try:
-        model_data = torch_load(path)
+        model_data = load_checkpoint(path)
     except Exception as err:  # torch raises many types for a bad file
         raise ValueError(f"{path}: not a readable fair-esm checkpoint ({err})") from None
     if not isinstance(model_data, dict) or "model" not in model_data or "cfg" not in model_data:
         raise ValueError(f"{path}: not a fair-esm checkpoint (needs keys 'model' and 'cfg')")
-    regression = torch_load(regression_path(path)) if regression_path(path).exists() else None
+    regression = load_checkpoint(regression_path(path)) if regression_path(path).exists() else None
     # fair-esm picks the ESM-2 loader by the name's prefix; we only support ESM-2.
     name = path.stem if path.stem.startswith("esm2") else "esm2_" + path.stem
     model, _ = esm.pretrained.load_model_and_alphabet_core(name, model_data, regression)
@@ -130,6 +126,7 @@ class EnzymeClassifier(nn.Module):
 
     @property
     def num_layers(self) -> int:
+        """Number of transformer layers."""
         return self.esm.num_layers
 
     def embed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -153,6 +150,7 @@ class EnzymeClassifier(nn.Module):
         start: int = 0,
         stop: int | None = None,
     ) -> torch.Tensor:
+        """Run layers [start, stop) on time-major hidden states x (T, B, E)."""
         for layer in self.esm.layers[start:stop]:
             x, _ = layer(x, self_attn_padding_mask=padding_mask)
         return x
@@ -165,11 +163,13 @@ class EnzymeClassifier(nn.Module):
         return self.head(pooled)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, C) of token batches (B, T)."""
         x, padding_mask = self.embed(tokens)
         return self.classify(self.run_layers(x, padding_mask), tokens)
 
 
 def residue_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T) True at residues: not BOS, EOS or padding."""
     return (
         (tokens != ALPHABET.padding_idx)
         & (tokens != ALPHABET.cls_idx)
@@ -190,6 +190,7 @@ def encode(sequences: Sequence[str], max_length: int | None = None) -> torch.Ten
 
 
 def save_classifier(model: EnzymeClassifier, classes: Sequence[int], max_length: int, path) -> None:
+    """Save the fine-tuned classifier atomically: weights, architecture, class order, max_length."""
     payload = {
         "esm_config": esm_config(model.esm),
         "classes": [int(c) for c in classes],
@@ -201,6 +202,9 @@ def save_classifier(model: EnzymeClassifier, classes: Sequence[int], max_length:
 
 
 def load_classifier(path, device: str | torch.device = "cpu") -> tuple[EnzymeClassifier, dict]:
+    """Rebuild a classifier saved by `save_classifier` on `device`, in eval mode.
+
+    Returns (model, {"classes", "max_length"})."""
     payload = torch.load(str(path), map_location="cpu", weights_only=True)
     cfg = payload["esm_config"]
     esm2 = ESM2(
@@ -270,4 +274,5 @@ def ablated(
 
 
 def set_threads(threads: int) -> None:
+    """Torch intra-op threads for this process (at least 1)."""
     torch.set_num_threads(max(1, int(threads)))

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kneurons.model import MODULES
+from kneurons.units import MODULES
 
 NORMALIZE = ("none", "mean")
 
@@ -58,6 +58,7 @@ def keep_masks(selected: pd.DataFrame) -> dict[tuple[int, str], torch.Tensor]:
 
 
 def kept_counts(selected: pd.DataFrame) -> list[dict]:
+    """Per (layer, module): how many neurons it has and how many were kept."""
     counts = selected.groupby(["layer", "module"], sort=False)["kept"].agg(["size", "sum"])
     return [
         {"layer": int(layer), "module": str(module), "n_neurons": int(n), "n_kept": int(k)}

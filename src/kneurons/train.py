@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -29,6 +30,7 @@ def seed_everything(seed: int) -> None:
 def batches(
     n: int, batch_size: int, generator: torch.Generator | None = None
 ) -> list[torch.Tensor]:
+    """Index batches over n items: shuffled by `generator` if given, else in order."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     return list(order.split(batch_size))
 
