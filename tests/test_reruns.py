@@ -17,8 +17,9 @@ from workflow_helpers import ROOT, deep_update, read_config, snakemake, write_co
 
 UPSTREAM = {"download", "split", "prepare_model"}
 TAIL = {"aggregate": 1, "plots": 1, "all": 1}
-# one seed of the small config: 2 layers, methods ig/activation/random, ratios 0.5/0.1
-SEED_SCORING = {"score_layer": 2, "merge_layers": 1, "score": 2}
+# one seed of the small config: 2 layers; methods ig (per layer), activation, gradxact, random
+SEED_SCORING = {"score_layer": 2, "merge_layers": 1, "score": 3}
+EVALUATIONS = 4 * 2  # methods x ratios 0.5/0.1
 
 
 def job_counts(path: Path, env: dict | None = None) -> dict[str, int]:
@@ -71,12 +72,12 @@ def test_new_method_runs_only_its_scoring_and_evaluations(run_copy):
     # make the copy a finished run with methods [ig, random] (reruns aggregate and plots only)
     shutil.rmtree(run_copy / "results/evaluation/seed0/activation")
     (run_copy / "results/scores/seed0/activation.tsv").unlink()
-    change_config(run_copy, {"scoring": {"methods": ["ig", "random"]}})
+    change_config(run_copy, {"scoring": {"methods": ["ig", "gradxact", "random"]}})
     assert job_counts(run_copy) == TAIL
     snakemake(run_copy)
     assert job_counts(run_copy) == {}
 
-    change_config(run_copy, {"scoring": {"methods": ["ig", "activation", "random"]}})
+    change_config(run_copy, {"scoring": {"methods": ["ig", "activation", "gradxact", "random"]}})
     counts = job_counts(run_copy)
     report("method activation added", counts)
     assert counts == {"score": 1, "evaluate": 2, **TAIL}
@@ -86,7 +87,7 @@ def test_new_seed_runs_only_that_seeds_chain(run_copy):
     change_config(run_copy, {"seeds": [0, 1]})
     counts = job_counts(run_copy)
     report("seed 1 added", counts)
-    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": 6, **TAIL}
+    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": EVALUATIONS, **TAIL}
     assert not UPSTREAM & counts.keys()
 
 
@@ -95,7 +96,7 @@ def test_finetune_change_reruns_finetune_and_what_follows(run_copy):
     change_config(run_copy, {"finetune": {"lr": config["finetune"]["lr"] / 2}})
     counts = job_counts(run_copy)
     report("finetune.lr changed", counts)
-    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": 6, **TAIL}
+    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": EVALUATIONS, **TAIL}
 
 
 def test_plot_style_change_reruns_only_plots(run_copy):
@@ -108,13 +109,14 @@ def test_plot_style_change_reruns_only_plots(run_copy):
 @pytest.mark.parametrize(
     "module, expected",
     [
-        ("scoring.py", {**SEED_SCORING, "evaluate": 6, **TAIL}),
+        ("scoring.py", {**SEED_SCORING, "evaluate": EVALUATIONS, **TAIL}),
         ("methods/ig.py", {"score_layer": 2, "merge_layers": 1, "evaluate": 2, **TAIL}),
-        ("selection.py", {"evaluate": 6, **TAIL}),
-        ("train.py", {"finetune": 1, **SEED_SCORING, "evaluate": 6, **TAIL}),
+        ("selection.py", {"evaluate": EVALUATIONS, **TAIL}),
+        ("train.py", {"finetune": 1, **SEED_SCORING, "evaluate": EVALUATIONS, **TAIL}),
         (
             "data.py",
-            {"download": 1, "split": 1, "finetune": 1, **SEED_SCORING, "evaluate": 6, **TAIL},
+            {"download": 1, "split": 1, "finetune": 1, **SEED_SCORING}
+            | {"evaluate": EVALUATIONS, **TAIL},
         ),
         ("report.py", {"aggregate": 1, "plots": 1, "all": 1}),
         ("download.py", {}),  # the UniProt client does not decide a synthetic run
@@ -209,7 +211,7 @@ def test_values_swapped_between_keys_rerun(run_copy):
     change_config(run_copy, {"finetune": {"lr": head_lr, "head_lr": lr}})
     counts = job_counts(run_copy)
     report("lr and head_lr swapped", counts)
-    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": 6, **TAIL}
+    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": EVALUATIONS, **TAIL}
 
 
 def touched_run(path: Path) -> Path:

@@ -30,7 +30,7 @@ def test_full_run_writes_every_stage(finished_run):
     # 2 layers x (4 x 16 attention + 64 fc1 + 16 fc2) units
     assert len(scores) == 2 * (4 * 16 + 64 + 16)
     summary = pd.read_csv(path / "results/summary.tsv", sep="\t")
-    assert set(summary["method"]) == {"full", "ig", "activation", "random"}
+    assert set(summary["method"]) == {"full", "ig", "activation", "gradxact", "random"}
     density = pd.read_csv(path / "results/density.tsv", sep="\t")
     assert (density["density"] <= 1).all()
     for name in ["accuracy_vs_retention", "density_heatmaps", "module_enrichment"]:
@@ -69,7 +69,7 @@ def test_metrics_are_counts_over_the_test_split(finished_run):
         )
     }
     assert sorted(evaluations) == sorted(
-        (m, r) for m in ("ig", "activation", "random") for r in (0.5, 0.1)
+        (m, r) for m in ("ig", "activation", "gradxact", "random") for r in (0.5, 0.1)
     )
     n_neurons = 2 * (4 * 16 + 64 + 16)
     for (_, retention), e in evaluations.items():
