@@ -226,11 +226,8 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     return lines
 
 
-def summary_markdown(
-    summary: pd.DataFrame, density: pd.DataFrame, finetune_metrics: Iterable
-) -> str:
-    """The page a person reads first. `finetune_metrics`: paths or parsed dicts (one per seed)."""
-    metrics = sorted(_load(finetune_metrics), key=lambda m: int(m["seed"]))
+def _header_lines(summary: pd.DataFrame, metrics: list[dict]) -> list[str]:
+    """Title, seeds, full-model accuracy per seed, and chance / majority baseline / test size."""
     full = summary[summary["method"] == FULL_METHOD].sort_values("seed")
     seeds = sorted(set(summary["seed"]) | {int(m["seed"]) for m in metrics})
     lines = ["# Pruning summary", ""]
@@ -256,9 +253,12 @@ def summary_markdown(
             line += f" Test set: {n_test.pop()} sequences."
         lines.append(line)
     lines.append("")
+    return lines
 
-    # accuracy table: methods x retentions (descending)
-    lines += ["## Test accuracy (mean ± sd over seeds)", ""]
+
+def _accuracy_lines(summary: pd.DataFrame) -> list[str]:
+    """Section 'Test accuracy': a methods x retentions (descending) table, mean ± sd over seeds."""
+    lines = ["## Test accuracy (mean ± sd over seeds)", ""]
     retentions = sorted(summary["retention"].unique(), reverse=True)
     rows = []
     for method in method_order(summary["method"]):
@@ -270,95 +270,119 @@ def summary_markdown(
         rows.append([method, *cells])
     lines += _md_table(["method", *(format_retention(r) for r in retentions)], rows)
     lines.append("")
+    return lines
 
-    # enrichment at the smallest retention
+
+def _kept_text(density: pd.DataFrame, r_min: float) -> str:
+    """'a–b of N scored neurons kept' at retention r_min; the range runs over seed x method jobs."""
+    d_min = density[np.isclose(density["retention"], r_min)]
+    per_job = d_min.groupby(["seed", "method"])[["n_kept", "n_neurons"]].sum()
+    kept_lo, kept_hi = int(per_job["n_kept"].min()), int(per_job["n_kept"].max())
+    n_scored = int(per_job["n_neurons"].max())
+    kept_range = f"{kept_lo}" if kept_lo == kept_hi else f"{kept_lo}–{kept_hi}"
+    return f"{kept_range} of {n_scored} scored neurons kept"
+
+
+def _focus_rank(means: pd.Series, k_val: float) -> tuple[int, int, str]:
+    """Competition rank of FOCUS_MODULE among the module means, its tie count, and as text."""
+    # competition rank: 1 + number of module types strictly above k_proj
+    rank = 1 + int((means > k_val + 1e-12).sum())
+    n_same = int(np.isclose(means, k_val).sum())
+    rank_txt = f"{rank} of {len(means)}" + (
+        f", tied with {n_same - 1} other{'s' if n_same > 2 else ''}" if n_same > 1 else ""
+    )
+    return rank, n_same, rank_txt
+
+
+def _method_enrichment(method: str, sub: pd.DataFrame) -> tuple[list[str], str]:
+    """Enrichment-table row and yes/tied/no verdict of one method from its rows `sub` at one r."""
+    sub = sub.sort_values("enrichment_mean", ascending=False, kind="stable")
+    means = sub.set_index("module")["enrichment_mean"]
+    best = float(means.max())
+    tied = [m for m, v in means.items() if np.isclose(v, best)]
+    top = sub.iloc[0]
+    top_txt = ", ".join(tied)
+    if FOCUS_MODULE not in means.index:
+        k_txt, rank_txt = "n/a", "n/a"
+        verdict = f"{method}: {FOCUS_MODULE} not scored"
+    else:
+        k_row = sub[sub["module"] == FOCUS_MODULE].iloc[0]
+        k_val = float(k_row["enrichment_mean"])
+        k_txt = _pm_row(k_val, k_row["enrichment_sd"])
+        rank, n_same, rank_txt = _focus_rank(means, k_val)
+        others = means.drop(FOCUS_MODULE)
+        if rank == 1 and n_same == 1:
+            nxt = f", next {others.idxmax()} {others.max():.2f}" if len(others) else ""
+            verdict = f"{method}: yes ({FOCUS_MODULE} {k_val:.2f}{nxt})"
+        elif rank == 1:
+            verdict = f"{method}: tied ({top_txt} all {best:.2f})"
+        else:
+            verdict = (
+                f"{method}: no ({top_txt} {best:.2f}, {FOCUS_MODULE} {k_val:.2f}, rank {rank_txt})"
+            )
+    row = [method, top_txt, _pm_row(top["enrichment_mean"], top["enrichment_sd"]), k_txt, rank_txt]
+    return row, verdict
+
+
+def _enrichment_lines(rows: list[list[str]], r_min: float, kept_txt: str) -> list[str]:
+    """Section 'Module enrichment at the smallest retention': the per-method table of `rows`."""
+    lines = [
+        f"## Module enrichment at the smallest retention ({format_retention(r_min)}; {kept_txt})",
+        "",
+        "Enrichment = (neurons kept in the module type, pooled over layers / its neurons) "
+        "/ retention; 1 = kept in proportion to size. Mean ± sd over seeds.",
+        "",
+    ]
+    lines += _md_table(
+        [
+            "method",
+            "most enriched module",
+            "its enrichment",
+            f"{FOCUS_MODULE} enrichment",
+            f"{FOCUS_MODULE} rank",
+        ],
+        rows,
+    )
+    lines.append("")
+    return lines
+
+
+def _verdict_lines(verdicts: list[str], r_min: float, kept_txt: str, has_random: bool) -> list[str]:
+    """Section 'Is k_proj the most enriched module type?': one sentence of per-method verdicts."""
+    random_note = (
+        " Random selection has expected enrichment 1 for every module type by construction;"
+        " its deviations from 1 measure sampling noise."
+        if has_random
+        else ""
+    )
+    return [
+        f"## Is {FOCUS_MODULE} the most enriched module type?",
+        "",
+        f"At retention {format_retention(r_min)} ({kept_txt}), is {FOCUS_MODULE} the module "
+        f"type with the highest mean enrichment? " + "; ".join(verdicts) + "." + random_note,
+        "",
+    ]
+
+
+def summary_markdown(
+    summary: pd.DataFrame, density: pd.DataFrame, finetune_metrics: Iterable
+) -> str:
+    """The page a person reads first. `finetune_metrics`: paths or parsed dicts (one per seed)."""
+    metrics = sorted(_load(finetune_metrics), key=lambda m: int(m["seed"]))
+    lines = _header_lines(summary, metrics) + _accuracy_lines(summary)
     enr = module_enrichment(density)
     if not enr.empty:
+        # the enrichment and verdict sections look at the smallest retention only
         r_min = float(enr["retention"].min())
         at = enr[np.isclose(enr["retention"], r_min)]
-        d_min = density[np.isclose(density["retention"], r_min)]
-        per_job = d_min.groupby(["seed", "method"])[["n_kept", "n_neurons"]].sum()
-        kept_lo, kept_hi = int(per_job["n_kept"].min()), int(per_job["n_kept"].max())
-        n_scored = int(per_job["n_neurons"].max())
-        kept_range = f"{kept_lo}" if kept_lo == kept_hi else f"{kept_lo}–{kept_hi}"
-        kept_txt = f"{kept_range} of {n_scored} scored neurons kept"
-        lines += [
-            f"## Module enrichment at the smallest retention ({format_retention(r_min)}; "
-            f"{kept_txt})",
-            "",
-            "Enrichment = (neurons kept in the module type, pooled over layers / its neurons) "
-            "/ retention; 1 = kept in proportion to size. Mean ± sd over seeds.",
-            "",
-        ]
+        kept_txt = _kept_text(density, r_min)
         rows, verdicts = [], []
         for method in method_order(at["method"]):
-            sub = at[at["method"] == method].sort_values(
-                "enrichment_mean", ascending=False, kind="stable"
-            )
-            means = sub.set_index("module")["enrichment_mean"]
-            best = float(means.max())
-            tied = [m for m, v in means.items() if np.isclose(v, best)]
-            top = sub.iloc[0]
-            top_txt = ", ".join(tied)
-            if FOCUS_MODULE not in means.index:
-                k_txt, rank_txt = "n/a", "n/a"
-                verdicts.append(f"{method}: {FOCUS_MODULE} not scored")
-            else:
-                k_row = sub[sub["module"] == FOCUS_MODULE].iloc[0]
-                k_val = float(k_row["enrichment_mean"])
-                k_txt = _pm_row(k_val, k_row["enrichment_sd"])
-                # competition rank: 1 + number of module types strictly above k_proj
-                rank = 1 + int((means > k_val + 1e-12).sum())
-                n_same = int(np.isclose(means, k_val).sum())
-                rank_txt = f"{rank} of {len(means)}" + (
-                    f", tied with {n_same - 1} other{'s' if n_same > 2 else ''}"
-                    if n_same > 1
-                    else ""
-                )
-                others = means.drop(FOCUS_MODULE)
-                if rank == 1 and n_same == 1:
-                    nxt = f", next {others.idxmax()} {others.max():.2f}" if len(others) else ""
-                    verdicts.append(f"{method}: yes ({FOCUS_MODULE} {k_val:.2f}{nxt})")
-                elif rank == 1:
-                    verdicts.append(f"{method}: tied ({top_txt} all {best:.2f})")
-                else:
-                    verdicts.append(
-                        f"{method}: no ({top_txt} {best:.2f}, {FOCUS_MODULE} {k_val:.2f}, "
-                        f"rank {rank_txt})"
-                    )
-            rows.append(
-                [
-                    method,
-                    top_txt,
-                    _pm_row(top["enrichment_mean"], top["enrichment_sd"]),
-                    k_txt,
-                    rank_txt,
-                ]
-            )
-        lines += _md_table(
-            [
-                "method",
-                "most enriched module",
-                "its enrichment",
-                f"{FOCUS_MODULE} enrichment",
-                f"{FOCUS_MODULE} rank",
-            ],
-            rows,
-        )
-        lines.append("")
-        random_note = (
-            " Random selection has expected enrichment 1 for every module type by construction;"
-            " its deviations from 1 measure sampling noise."
-            if "random" in set(at["method"])
-            else ""
-        )
-        lines += [
-            f"## Is {FOCUS_MODULE} the most enriched module type?",
-            "",
-            f"At retention {format_retention(r_min)} ({kept_txt}), is {FOCUS_MODULE} the module "
-            f"type with the highest mean enrichment? " + "; ".join(verdicts) + "." + random_note,
-            "",
-        ]
+            row, verdict = _method_enrichment(method, at[at["method"] == method])
+            rows.append(row)
+            verdicts.append(verdict)
+        lines += _enrichment_lines(rows, r_min, kept_txt)
+        lines += _verdict_lines(verdicts, r_min, kept_txt, "random" in set(at["method"]))
     return "\n".join(lines)
 
 
