@@ -111,6 +111,71 @@ def _spread_label(n_seeds: int) -> str:
 # ----------------------------------------------------------------------------- accuracy
 
 
+def _method_curves(ax, summary: pd.DataFrame, methods: list[str], colors: dict) -> None:
+    """One line per pruned method: mean accuracy over seeds per retention, spread shaded."""
+    for method in methods:
+        g = summary[summary["method"] == method].groupby("retention")["accuracy"]
+        stats = g.agg(["mean", "std", "min", "max", "count"]).sort_index()
+        n = int(stats["count"].min())
+        if n >= 3:
+            lo, hi = stats["mean"] - stats["std"], stats["mean"] + stats["std"]
+        else:
+            lo, hi = stats["min"], stats["max"]
+        c = colors[method]
+        ax.plot(
+            stats.index,
+            stats["mean"],
+            marker="o",
+            color=c,
+            lw=1.8,
+            label=f"{method} (mean {_spread_label(n)}, {n} seeds)",
+        )
+        ax.fill_between(stats.index, lo, hi, color=c, alpha=0.2, lw=0)
+
+
+def _reference_lines(ax, summary: pd.DataFrame, chance: float | None) -> None:
+    """Dashed full-model mean (marker at r = 1 with its min–max over seeds) and dotted chance."""
+    full = summary.loc[summary["method"] == FULL_METHOD, "accuracy"]
+    if not full.empty:
+        fm = float(full.mean())
+        ax.axhline(
+            fm,
+            color="black",
+            ls="--",
+            lw=1.2,
+            label=f"full model, no pruning (mean {fm:.3f}, {len(full)} seeds)",
+        )
+        if len(full) > 1:
+            ax.errorbar(
+                [1.0],
+                [fm],
+                yerr=[[fm - full.min()], [full.max() - fm]],
+                fmt="s",
+                color="black",
+                ms=5,
+                capsize=3,
+            )
+        else:
+            ax.plot([1.0], [fm], "s", color="black", ms=5)
+    if chance is not None and np.isfinite(chance):
+        ax.axhline(chance, color="0.3", ls=":", lw=1.5, label=f"chance ({chance:.3f})")
+
+
+def _retention_axes(ax, retentions: Iterable[float]) -> None:
+    """Log retention axis with one labelled tick per ratio (100% on the left), labels, grid."""
+    rets = sorted(set(retentions) | {1.0})
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(rets))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_retention(x)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(max(rets) * 1.25, min(rets) / 1.25)  # 100% on the left: more pruning ->
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("retention ratio r (% of scored neurons kept, log scale)")
+    ax.set_ylabel("test accuracy (fraction correct)")
+    ax.set_title("Test accuracy after keeping the top-r neurons and ablating the rest")
+    ax.grid(True, which="major", alpha=0.3)
+
+
 def plot_accuracy_vs_retention(
     summary: pd.DataFrame,
     chance: float | None,
@@ -127,62 +192,9 @@ def plot_accuracy_vs_retention(
         fig = Figure(figsize=(st["figure_width"], st["figure_width"] * 0.55), layout="constrained")
         ax = fig.add_subplot()
         methods = _pruned_methods(summary)
-        colors = _colors(methods, st.get("method_colors"))
-        for method in methods:
-            g = summary[summary["method"] == method].groupby("retention")["accuracy"]
-            stats = g.agg(["mean", "std", "min", "max", "count"]).sort_index()
-            n = int(stats["count"].min())
-            if n >= 3:
-                lo, hi = stats["mean"] - stats["std"], stats["mean"] + stats["std"]
-            else:
-                lo, hi = stats["min"], stats["max"]
-            c = colors[method]
-            ax.plot(
-                stats.index,
-                stats["mean"],
-                marker="o",
-                color=c,
-                lw=1.8,
-                label=f"{method} (mean {_spread_label(n)}, {n} seeds)",
-            )
-            ax.fill_between(stats.index, lo, hi, color=c, alpha=0.2, lw=0)
-
-        full = summary.loc[summary["method"] == FULL_METHOD, "accuracy"]
-        if not full.empty:
-            fm = float(full.mean())
-            ax.axhline(
-                fm,
-                color="black",
-                ls="--",
-                lw=1.2,
-                label=f"full model, no pruning (mean {fm:.3f}, {len(full)} seeds)",
-            )
-            if len(full) > 1:
-                ax.errorbar(
-                    [1.0],
-                    [fm],
-                    yerr=[[fm - full.min()], [full.max() - fm]],
-                    fmt="s",
-                    color="black",
-                    ms=5,
-                    capsize=3,
-                )
-            else:
-                ax.plot([1.0], [fm], "s", color="black", ms=5)
-        if chance is not None and np.isfinite(chance):
-            ax.axhline(chance, color="0.3", ls=":", lw=1.5, label=f"chance ({chance:.3f})")
-
-        rets = sorted(set(summary["retention"].astype(float)) | {1.0})
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(rets))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_retention(x)))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlim(max(rets) * 1.25, min(rets) / 1.25)  # 100% on the left: more pruning ->
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("retention ratio r (% of scored neurons kept, log scale)")
-        ax.set_ylabel("test accuracy (fraction correct)")
-        ax.set_title("Test accuracy after keeping the top-r neurons and ablating the rest")
-        ax.grid(True, which="major", alpha=0.3)
+        _method_curves(ax, summary, methods, _colors(methods, st.get("method_colors")))
+        _reference_lines(ax, summary, chance)
+        _retention_axes(ax, summary["retention"].astype(float))
         fig.legend(loc="outside right upper", frameon=False)
         return _save(fig, out_png, out_pdf, st["dpi"])
 
