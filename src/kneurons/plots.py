@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.colors import Colormap, LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from kneurons.io import atomic_path, read_json
@@ -209,6 +211,117 @@ def _cell_means(density: pd.DataFrame, value: str) -> pd.DataFrame:
     return density.groupby(keys, as_index=False, sort=False)[value].mean()
 
 
+class _ColourScale(NamedTuple):
+    """How heatmap values become colours, and how the colour bar and cells are labelled."""
+
+    norm: Normalize
+    cmap: Colormap
+    label: str
+    fmt: str
+
+
+def _heatmap_scale(vals: np.ndarray, value: str, st: dict) -> _ColourScale:
+    """Shared colour scale: density linear from 0; enrichment log, symmetric about 1, >= 0.5..2."""
+    if value == "density":
+        return _ColourScale(
+            Normalize(vmin=0.0, vmax=max(float(np.nanmax(vals)), 1e-9)),
+            mpl.colormaps[st["cmap"]],
+            "fraction of neurons kept",
+            "{:.2f}",
+        )
+    pos = vals[vals > 0]
+    span = max(
+        float(np.nanmax(vals)) if vals.size else 2.0,
+        1.0 / float(pos.min()) if pos.size else 2.0,
+        2.0,
+    )
+    return _ColourScale(
+        LogNorm(vmin=1.0 / span, vmax=span),
+        mpl.colormaps[st["diverging_cmap"]].copy(),
+        "enrichment = fraction kept / r (log scale; 1 = no preference)",
+        "{:.2g}",
+    )
+
+
+def _panel_grid(
+    means: pd.DataFrame, method: str, r: float, value: str, layers: list, mods: list[str]
+) -> np.ndarray:
+    """(n_layers, n_modules) array of `value` for one method and retention; NaN where absent."""
+    sub = means[(means["method"] == method) & np.isclose(means["retention"], r)]
+    return (
+        sub.pivot(index="layer", columns="module", values=value)
+        .reindex(index=layers, columns=mods)
+        .to_numpy(dtype=float)
+    )
+
+
+def _annotate_cells(ax, grid: np.ndarray, scale: _ColourScale, font_size: float) -> None:
+    """Print each finite cell value, white on dark colours and black on light ones."""
+    norm, cmap = scale.norm, scale.cmap
+    for (yy, xx), v in np.ndenumerate(grid):
+        if not np.isfinite(v):
+            continue
+        rgba = cmap(norm(np.clip(v, norm.vmin, norm.vmax)))
+        lum = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
+        ax.text(
+            xx,
+            yy,
+            "0" if v == 0 else scale.fmt.format(v),
+            ha="center",
+            va="center",
+            fontsize=font_size * 0.6,
+            color="white" if lum < 0.5 else "black",
+        )
+
+
+def _heatmap_panel(
+    ax,
+    grid: np.ndarray,
+    scale: _ColourScale,
+    clip: bool,
+    annotate: bool,
+    font_size: float,
+) -> AxesImage:
+    """Draw one (n_layers, n_modules) grid, layer 0 at the bottom; NaN cells stay blank."""
+    # clip (log scale): values outside the range take the end colours instead of none
+    shown = np.clip(grid, scale.norm.vmin, scale.norm.vmax) if clip else grid
+    im = ax.imshow(
+        np.ma.masked_invalid(shown),
+        aspect="auto",
+        origin="lower",
+        cmap=scale.cmap,
+        norm=scale.norm,
+        interpolation="nearest",
+    )
+    if annotate:
+        _annotate_cells(ax, grid, scale, font_size)
+    return im
+
+
+def _label_panel(ax, title: str, mods: list[str], layers: list, first_col: bool) -> None:
+    """Title, module names on x (k_proj bold), layers on y (thinned beyond 12 layers)."""
+    ax.set_title(title)
+    ax.set_xticks(range(len(mods)))
+    ax.set_xticklabels(mods, rotation=45, ha="right")
+    _bold_tick(ax, mods)
+    ax.set_yticks(layers if len(layers) <= 12 else layers[:: max(1, len(layers) // 8)])
+    if first_col:
+        ax.set_ylabel("layer")
+    ax.tick_params(length=2)
+
+
+def _heatmap_colorbar(fig: Figure, im: AxesImage, axes, scale: _ColourScale, value: str) -> None:
+    """One colour bar for all panels; enrichment gets ticks at round ratios around 1."""
+    cbar = fig.colorbar(im, ax=axes, shrink=0.9, pad=0.01, aspect=30)
+    cbar.set_label(scale.label)
+    if value == "enrichment":
+        norm = scale.norm
+        ticks = [t for t in (0.01, 0.1, 0.25, 0.5, 1, 2, 4, 10, 100) if norm.vmin <= t <= norm.vmax]
+        cbar.set_ticks(ticks)
+        cbar.set_ticklabels([f"{t:g}" for t in ticks])
+        cbar.ax.minorticks_off()
+
+
 def plot_layer_heatmaps(
     density: pd.DataFrame,
     out_png: PathLike,
@@ -232,27 +345,11 @@ def plot_layer_heatmaps(
     mods = module_order(means["module"])
     n_rows, n_cols = len(methods), len(rets)
     n_seeds = density["seed"].nunique()
-
-    vals = means[value].to_numpy(dtype=float)
-    if value == "density":
-        norm = Normalize(vmin=0.0, vmax=max(float(np.nanmax(vals)), 1e-9))
-        cmap = mpl.colormaps[st["cmap"]]
-        label = "fraction of neurons kept"
-        fmt = "{:.2f}"
-    else:
-        pos = vals[vals > 0]
-        span = max(
-            float(np.nanmax(vals)) if vals.size else 2.0,
-            1.0 / float(pos.min()) if pos.size else 2.0,
-            2.0,
-        )
-        norm = LogNorm(vmin=1.0 / span, vmax=span)
-        cmap = mpl.colormaps[st["diverging_cmap"]].copy()
-        label = "enrichment = fraction kept / r (log scale; 1 = no preference)"
-        fmt = "{:.2g}"
+    scale = _heatmap_scale(means[value].to_numpy(dtype=float), value, st)
 
     annotate = len(layers) <= 12
     n_lay = len(layers)
+    # taller panels when cell values are printed, so the text fits
     panel_h = max(1.6, 0.22 * n_lay + 0.9) if annotate else min(4.0, 0.08 * n_lay + 1.4)
     with mpl.rc_context(_rc(st)):
         fig = Figure(
@@ -264,53 +361,12 @@ def plot_layer_heatmaps(
         for i, method in enumerate(methods):
             for j, r in enumerate(rets):
                 ax = axes[i, j]
-                sub = means[(means["method"] == method) & np.isclose(means["retention"], r)]
-                grid = (
-                    sub.pivot(index="layer", columns="module", values=value)
-                    .reindex(index=layers, columns=mods)
-                    .to_numpy(dtype=float)
-                )
-                shown = grid if value == "density" else np.clip(grid, norm.vmin, norm.vmax)
-                im = ax.imshow(
-                    np.ma.masked_invalid(shown),
-                    aspect="auto",
-                    origin="lower",
-                    cmap=cmap,
-                    norm=norm,
-                    interpolation="nearest",
-                )
-                if annotate:
-                    for (yy, xx), v in np.ndenumerate(grid):
-                        if not np.isfinite(v):
-                            continue
-                        rgba = cmap(norm(np.clip(v, norm.vmin, norm.vmax)))
-                        lum = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
-                        ax.text(
-                            xx,
-                            yy,
-                            "0" if v == 0 else fmt.format(v),
-                            ha="center",
-                            va="center",
-                            fontsize=st["font_size"] * 0.6,
-                            color="white" if lum < 0.5 else "black",
-                        )
-                ax.set_title(f"{method}, r = {format_retention(r)}")
-                ax.set_xticks(range(len(mods)))
-                ax.set_xticklabels(mods, rotation=45, ha="right")
-                _bold_tick(ax, mods)
-                ax.set_yticks(layers if len(layers) <= 12 else layers[:: max(1, len(layers) // 8)])
-                if j == 0:
-                    ax.set_ylabel("layer")
-                ax.tick_params(length=2)
-        cbar = fig.colorbar(im, ax=axes, shrink=0.9, pad=0.01, aspect=30)
-        cbar.set_label(label)
+                grid = _panel_grid(means, method, r, value, layers, mods)
+                clip = value != "density"
+                im = _heatmap_panel(ax, grid, scale, clip, annotate, st["font_size"])
+                _label_panel(ax, f"{method}, r = {format_retention(r)}", mods, layers, j == 0)
+        _heatmap_colorbar(fig, im, axes, scale, value)
         if value == "enrichment":
-            ticks = [
-                t for t in (0.01, 0.1, 0.25, 0.5, 1, 2, 4, 10, 100) if norm.vmin <= t <= norm.vmax
-            ]
-            cbar.set_ticks(ticks)
-            cbar.set_ticklabels([f"{t:g}" for t in ticks])
-            cbar.ax.minorticks_off()
             title = "Enrichment of kept neurons per layer and module type (fraction kept / r)"
         else:
             title = "Fraction of neurons kept per layer and module type"
