@@ -391,6 +391,69 @@ def plot_enrichment_heatmaps(
 # ----------------------------------------------------------------------------- module bars
 
 
+def _error_bars(s: pd.DataFrame, mean: np.ndarray, use_sd: bool) -> np.ndarray:
+    """(2, n_modules) lower/upper error-bar lengths: ± sd (0 if undefined), else to min/max."""
+    if use_sd:
+        sd = s["enrichment_sd"].fillna(0).to_numpy(dtype=float)
+        return np.vstack([sd, sd])
+    return np.vstack(
+        [
+            mean - s["enrichment_min"].to_numpy(dtype=float),
+            s["enrichment_max"].to_numpy(dtype=float) - mean,
+        ]
+    )
+
+
+def _enrichment_panel(
+    ax,
+    sub: pd.DataFrame,
+    methods: list[str],
+    colors: dict,
+    mods: list[str],
+    use_sd: bool,
+) -> None:
+    """One retention's panel: bars per module, grouped by method, k_proj shaded, line at 1."""
+    width = 0.8 / max(1, len(methods))
+    if FOCUS_MODULE in mods:
+        k = mods.index(FOCUS_MODULE)
+        ax.axvspan(k - 0.45, k + 0.45, color="#fff2b3", zorder=0)
+    for i, method in enumerate(methods):
+        s = sub[sub["method"] == method].set_index("module").reindex(mods)
+        mean = s["enrichment_mean"].to_numpy(dtype=float)
+        x = np.arange(len(mods)) + (i - (len(methods) - 1) / 2) * width
+        ax.bar(
+            x,
+            mean,
+            width=width,
+            color=colors[method],
+            yerr=_error_bars(s, mean, use_sd),
+            capsize=2,
+            error_kw={"lw": 0.8},
+            label=method,
+            zorder=2,
+        )
+    ax.axhline(1.0, color="black", ls="--", lw=1, zorder=3, label="1 = no preference")
+    ax.set_xticks(range(len(mods)))
+    ax.set_xticklabels(mods)
+    _bold_tick(ax, mods)
+    ax.set_xlim(-0.6, len(mods) - 0.4)
+    ax.set_ylim(bottom=0)
+
+
+def _bar_legend(fig: Figure, ax, methods: list[str]) -> None:
+    """One legend below all panels, taken from `ax`: the methods first, then the line at 1."""
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i] not in methods)  # methods first
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=len(labels),
+        frameon=False,
+    )
+
+
 def plot_module_enrichment(
     enrichment: pd.DataFrame,
     out_png: PathLike,
@@ -410,7 +473,6 @@ def plot_module_enrichment(
     use_sd = n_seeds >= 3
     n_cols = min(2, len(rets))
     n_rows = int(np.ceil(len(rets) / n_cols))
-    width = 0.8 / max(1, len(methods))
     with mpl.rc_context(_rc(st)):
         fig = Figure(
             figsize=(st["figure_width"], 2.9 * n_rows + 0.7),
@@ -421,58 +483,15 @@ def plot_module_enrichment(
             ax.set_visible(False)
         for j, (ax, r) in enumerate(zip(axes, rets, strict=False)):
             sub = enrichment[np.isclose(enrichment["retention"], r)]
-            if FOCUS_MODULE in mods:
-                k = mods.index(FOCUS_MODULE)
-                ax.axvspan(k - 0.45, k + 0.45, color="#fff2b3", zorder=0)
-            for i, method in enumerate(methods):
-                s = sub[sub["method"] == method].set_index("module").reindex(mods)
-                mean = s["enrichment_mean"].to_numpy(dtype=float)
-                if use_sd:
-                    sd = s["enrichment_sd"].fillna(0).to_numpy(dtype=float)
-                    err = np.vstack([sd, sd])
-                else:
-                    err = np.vstack(
-                        [
-                            mean - s["enrichment_min"].to_numpy(dtype=float),
-                            s["enrichment_max"].to_numpy(dtype=float) - mean,
-                        ]
-                    )
-                x = np.arange(len(mods)) + (i - (len(methods) - 1) / 2) * width
-                ax.bar(
-                    x,
-                    mean,
-                    width=width,
-                    color=colors[method],
-                    yerr=err,
-                    capsize=2,
-                    error_kw={"lw": 0.8},
-                    label=method,
-                    zorder=2,
-                )
-            ax.axhline(1.0, color="black", ls="--", lw=1, zorder=3, label="1 = no preference")
-            ax.set_xticks(range(len(mods)))
-            ax.set_xticklabels(mods)
-            _bold_tick(ax, mods)
-            ax.set_xlim(-0.6, len(mods) - 0.4)
-            ax.set_ylim(bottom=0)
+            _enrichment_panel(ax, sub, methods, colors, mods, use_sd)
             ax.set_title(f"r = {format_retention(r)}")
             if j % n_cols == 0:
                 ax.set_ylabel("enrichment\n(kept fraction / retention)")
             ax.grid(True, axis="y", alpha=0.3, zorder=0)
-        handles, labels = axes[0].get_legend_handles_labels()
-        order = sorted(range(len(labels)), key=lambda i: labels[i] not in methods)  # methods first
-        handles, labels = [handles[i] for i in order], [labels[i] for i in order]
-        fig.legend(
-            handles,
-            labels,
-            loc="outside lower center",
-            ncols=len(labels),
-            frameon=False,
-        )
-        spread = "± 1 sd" if use_sd else "min–max"
+        _bar_legend(fig, axes[0], methods)
         fig.suptitle(
             "Enrichment of kept neurons by module type, pooled over layers "
-            f"(bars: mean over {n_seeds} seeds, error bars {spread})"
+            f"(bars: mean over {n_seeds} seeds, error bars {_spread_label(n_seeds)})"
         )
         return _save(fig, out_png, out_pdf, st["dpi"])
 
