@@ -112,6 +112,97 @@ def warmup_cosine(optimizer, warmup: int, total: int) -> torch.optim.lr_schedule
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _optimiser(
+    model: EnzymeClassifier,
+    lr: float,
+    head_lr: float,
+    weight_decay: float,
+    steps_per_epoch: int,
+    epochs: int,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with a separate learning rate for the new head; one-epoch warm-up, cosine decay."""
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.esm.parameters(), "lr": lr},
+            {"params": model.head.parameters(), "lr": head_lr},
+        ],
+        weight_decay=weight_decay,
+    )
+    scheduler = warmup_cosine(optimizer, warmup=steps_per_epoch, total=epochs * steps_per_epoch)
+    return optimizer, scheduler
+
+
+def _train_epoch(
+    model: EnzymeClassifier,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    chunks: list[torch.Tensor],
+    sequences: Sequence[str],
+    labels: torch.Tensor,
+    max_length: int,
+    device: torch.device,
+    epoch: int,
+) -> tuple[float, int]:
+    """One epoch over index batches `chunks` ((B,) each; labels (N,)): (summed loss, n correct)."""
+    model.train()
+    total_loss, correct = 0.0, 0
+    for chunk in progress(chunks, f"epoch {epoch}", summary=False):
+        tokens = encode([sequences[i] for i in chunk], max_length).to(device)
+        target = labels[chunk].to(device)
+        logits = model(tokens)
+        loss = nn.functional.cross_entropy(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(chunk)
+        correct += int((logits.argmax(-1) == target).sum())
+    return total_loss, correct
+
+
+def _log_epoch(row: dict, epochs: int, n_train: int, train_seconds: float, elapsed: float) -> None:
+    """One progress line per epoch: the history row, throughput and the time left."""
+    epoch = row["epoch"]
+    per_epoch = elapsed / epoch
+    log.info(
+        "epoch %d/%d train_loss %.4f train_acc %.3f val_loss %.4f val_acc %.3f "
+        "| %.1f sequences/s, %s per epoch, ETA %s",
+        epoch,
+        epochs,
+        row["train_loss"],
+        row["train_accuracy"],
+        row["val_loss"],
+        row["val_accuracy"],
+        n_train / train_seconds if train_seconds > 0 else float("inf"),
+        format_seconds(per_epoch),
+        format_seconds(per_epoch * (epochs - epoch)),
+    )
+
+
+def _final_metrics(
+    seed: int,
+    classes: list[int],
+    test: pd.DataFrame,
+    best: dict,
+    history: list[dict],
+    test_metrics: dict,
+    device: torch.device,
+) -> dict:
+    """The fine-tuning metrics (metrics.json): baselines, history, best epoch and test metrics."""
+    counts = test["ec_class"].value_counts()
+    return {
+        "seed": seed,
+        "classes": classes,
+        "chance": 1 / len(classes),
+        "majority_baseline": float(counts.max() / counts.sum()),
+        "best_epoch": best["epoch"],
+        "history": history,
+        "validation": {"accuracy": best["val_accuracy"], "loss": best["val_loss"]},
+        "test": test_metrics,
+        "device": str(device),
+    }
+
+
 def finetune(
     checkpoint: str,
     split: pd.DataFrame,
@@ -134,15 +225,8 @@ def finetune(
     test = split[split["split"] == "test"].reset_index(drop=True)
 
     model = EnzymeClassifier(load_esm_checkpoint(checkpoint), len(classes)).to(device)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": model.esm.parameters(), "lr": lr},
-            {"params": model.head.parameters(), "lr": head_lr},
-        ],
-        weight_decay=weight_decay,
-    )
     steps_per_epoch = -(-len(train) // batch_size)
-    scheduler = warmup_cosine(optimizer, warmup=steps_per_epoch, total=epochs * steps_per_epoch)
+    optimizer, scheduler = _optimiser(model, lr, head_lr, weight_decay, steps_per_epoch, epochs)
     labels = torch.tensor([index[c] for c in train["ec_class"]])
     sequences = list(train["sequence"])
     generator = torch.Generator().manual_seed(seed)
@@ -155,22 +239,11 @@ def finetune(
     )
     started = time.monotonic()
     for epoch in range(1, epochs + 1):
-        model.train()
-        total_loss, correct = 0.0, 0
         epoch_start = time.monotonic()
-        for chunk in progress(
-            batches(len(train), batch_size, generator), f"epoch {epoch}", summary=False
-        ):
-            tokens = encode([sequences[i] for i in chunk], max_length).to(device)
-            target = labels[chunk].to(device)
-            logits = model(tokens)
-            loss = nn.functional.cross_entropy(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(chunk)
-            correct += int((logits.argmax(-1) == target).sum())
+        chunks = batches(len(train), batch_size, generator)
+        total_loss, correct = _train_epoch(
+            model, optimizer, scheduler, chunks, sequences, labels, max_length, device, epoch
+        )
         train_seconds = time.monotonic() - epoch_start
         val_metrics = evaluate(model, val, classes, batch_size=batch_size, max_length=max_length)
         row = {
@@ -181,36 +254,12 @@ def finetune(
             "val_accuracy": val_metrics["accuracy"],
         }
         history.append(row)
-        per_epoch = (time.monotonic() - started) / epoch
-        log.info(
-            "epoch %d/%d train_loss %.4f train_acc %.3f val_loss %.4f val_acc %.3f "
-            "| %.1f sequences/s, %s per epoch, ETA %s",
-            epoch,
-            epochs,
-            row["train_loss"],
-            row["train_accuracy"],
-            row["val_loss"],
-            row["val_accuracy"],
-            len(train) / train_seconds if train_seconds > 0 else float("inf"),
-            format_seconds(per_epoch),
-            format_seconds(per_epoch * (epochs - epoch)),
-        )
+        _log_epoch(row, epochs, len(train), train_seconds, time.monotonic() - started)
         if best is None or row["val_accuracy"] > best["val_accuracy"]:
             best, best_state = row, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     test_metrics = evaluate(model, test, classes, batch_size=batch_size, max_length=max_length)
-    counts = test["ec_class"].value_counts()
-    metrics = {
-        "seed": seed,
-        "classes": classes,
-        "chance": 1 / len(classes),
-        "majority_baseline": float(counts.max() / counts.sum()),
-        "best_epoch": best["epoch"],
-        "history": history,
-        "validation": {"accuracy": best["val_accuracy"], "loss": best["val_loss"]},
-        "test": test_metrics,
-        "device": str(device),
-    }
+    metrics = _final_metrics(seed, classes, test, best, history, test_metrics, device)
     log.info(
         "best epoch %d: test accuracy %.4f macro-F1 %.4f",
         best["epoch"],
