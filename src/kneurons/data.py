@@ -174,53 +174,18 @@ def generate_synthetic(
     """
     classes = tuple(int(c) for c in classes)
     lo, hi = (int(v) for v in motifs_per_sequence)
-    if n_per_class < 1:
-        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
-    if not classes or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be non-empty and distinct, got {classes}")
-    missing = [c for c in classes if c not in SYNTHETIC_EC]
-    if missing:
-        raise ValueError(f"no synthetic motifs for EC class(es) {missing}; available 1-6")
-    if not 1 <= lo <= hi:
-        raise ValueError(f"motifs_per_sequence must be (lo, hi) with 1 <= lo <= hi, got {(lo, hi)}")
-    for label, rate in (("mutation_rate", mutation_rate), ("decoy_rate", decoy_rate)):
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"{label} must be in [0, 1], got {rate}")
-    decoys_possible = decoy_rate > 0 and len(classes) > 1
-    most_true = max(hi, 2) if decoys_possible else hi
-    longest = max(len(t) for t in _TOKENS.values())
-    needed = 1 + (most_true + decoys_possible) * longest
-    if min_length < needed or max_length < min_length:
-        raise ValueError(
-            f"lengths must satisfy {needed} <= min_length <= max_length "
-            f"(room for 'M' plus {most_true + decoys_possible} motifs of up to {longest} "
-            f"residues), got min_length={min_length}, max_length={max_length}"
-        )
-
+    _check_synthetic_args(
+        n_per_class, min_length, max_length, classes, (lo, hi), mutation_rate, decoy_rate
+    )
     by_class = {c: [n for n, (cls, _) in MOTIFS.items() if cls == c] for c in classes}
     rows = []
     for cls in classes:
         # One stream per class: adding or removing a class leaves the others unchanged.
         rng = np.random.default_rng([seed, cls])
-        others = [c for c in classes if c != cls]
+        others = [by_class[c] for c in classes if c != cls]
         for i in range(1, n_per_class + 1):
             length = int(rng.integers(min_length, max_length + 1))
-            k = int(rng.integers(lo, hi + 1))
-            decoy = bool(others) and rng.random() < decoy_rate
-            if decoy:
-                k = max(k, 2)
-            names = by_class[cls]
-            picks = rng.choice(len(names), size=k, replace=k > len(names))
-            mutated = rng.random(k) < mutation_rate
-            if mutated.all():
-                mutated[rng.integers(k)] = False
-            planted = [
-                (names[p], "mutated" if m else "true") for p, m in zip(picks, mutated, strict=True)
-            ]
-            if decoy:
-                other = by_class[others[int(rng.integers(len(others)))]]
-                planted.append((other[int(rng.integers(len(other)))], "decoy"))
-            planted = [planted[j] for j in rng.permutation(len(planted))]
+            planted = _plan_motifs(rng, by_class[cls], others, (lo, hi), mutation_rate, decoy_rate)
             seq, records = _build_sequence(rng, length, planted)
             rows.append(
                 {
@@ -233,6 +198,67 @@ def generate_synthetic(
             )
     order = np.random.default_rng([seed, 0]).permutation(len(rows))
     return _as_table({c: [rows[j][c] for j in order] for c in COLUMNS})
+
+
+def _check_synthetic_args(
+    n_per_class: int,
+    min_length: int,
+    max_length: int,
+    classes: tuple[int, ...],
+    motifs_per_sequence: tuple[int, int],
+    mutation_rate: float,
+    decoy_rate: float,
+) -> None:
+    """Raise ValueError unless the arguments of `generate_synthetic` can be satisfied."""
+    lo, hi = motifs_per_sequence
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+    if not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be non-empty and distinct, got {classes}")
+    missing = [c for c in classes if c not in SYNTHETIC_EC]
+    if missing:
+        raise ValueError(f"no synthetic motifs for EC class(es) {missing}; available 1-6")
+    if not 1 <= lo <= hi:
+        raise ValueError(f"motifs_per_sequence must be (lo, hi) with 1 <= lo <= hi, got {(lo, hi)}")
+    for label, rate in (("mutation_rate", mutation_rate), ("decoy_rate", decoy_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{label} must be in [0, 1], got {rate}")
+    # the shortest sequence must hold "M" plus the most motifs one sequence can get
+    decoys_possible = decoy_rate > 0 and len(classes) > 1
+    most_true = max(hi, 2) if decoys_possible else hi
+    longest = max(len(t) for t in _TOKENS.values())
+    needed = 1 + (most_true + decoys_possible) * longest
+    if min_length < needed or max_length < min_length:
+        raise ValueError(
+            f"lengths must satisfy {needed} <= min_length <= max_length "
+            f"(room for 'M' plus {most_true + decoys_possible} motifs of up to {longest} "
+            f"residues), got min_length={min_length}, max_length={max_length}"
+        )
+
+
+def _plan_motifs(
+    rng: np.random.Generator,
+    names: list[str],
+    other_classes: list[list[str]],
+    motifs_per_sequence: tuple[int, int],
+    mutation_rate: float,
+    decoy_rate: float,
+) -> list[tuple[str, str]]:
+    """Shuffled (name, kind) motifs for one sequence whose own class has the motifs `names`."""
+    lo, hi = motifs_per_sequence
+    k = int(rng.integers(lo, hi + 1))
+    decoy = bool(other_classes) and rng.random() < decoy_rate
+    if decoy:
+        k = max(k, 2)  # true motifs outnumber the decoy
+    picks = rng.choice(len(names), size=k, replace=k > len(names))
+    mutated = rng.random(k) < mutation_rate
+    if mutated.all():
+        mutated[rng.integers(k)] = False  # at least one true motif stays intact
+    planted = [(names[p], "mutated" if m else "true") for p, m in zip(picks, mutated, strict=True)]
+    if decoy:
+        other = other_classes[int(rng.integers(len(other_classes)))]
+        planted.append((other[int(rng.integers(len(other)))], "decoy"))
+    return [planted[j] for j in rng.permutation(len(planted))]
 
 
 _BG_RESIDUES = np.array(list(STANDARD_RESIDUES))
