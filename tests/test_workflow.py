@@ -168,3 +168,40 @@ def test_logs_are_lines_not_progress_bars(finished_run):
         (finished_run / "results/evaluation/seed0/ig/retention0.5.json").read_text()
     )
     assert evaluation["device"] == "cpu"  # sweep.device auto, on a machine without a GPU
+
+
+def test_weight_granularity_end_to_end(tmp_path):
+    """The paper's protocol on the small config: q/k/v only, every weight scored and pruned."""
+    path = make_workdir(
+        tmp_path,
+        {
+            "scoring": {"granularity": "weight", "modules": ["q_proj", "k_proj", "v_proj"]},
+            "sweep": {"retention_ratios": [1.0, 0.1]},
+        },
+    )
+    snakemake(path)
+    scores = pd.read_csv(path / "results/scores/seed0/ig.tsv", sep="\t")
+    assert list(scores.columns) == ["layer", "module", "unit", "input", "score"]
+    n_weights = 2 * 3 * 16 * 16  # layers x q/k/v x (16 x 16)
+    assert len(scores) == n_weights
+    full = json.loads((path / "results/finetune/seed0/metrics.json").read_text())["test"]
+    for method in ("ig", "activation", "gradxact", "random"):
+        kept_all = json.loads(
+            (path / f"results/evaluation/seed0/{method}/retention1.0.json").read_text()
+        )
+        assert kept_all["granularity"] == "weight" and kept_all["n_neurons_total"] == n_weights
+        assert kept_all["test"]["accuracy"] == full["accuracy"]  # keeping 100% changes nothing
+        tenth = json.loads(
+            (path / f"results/evaluation/seed0/{method}/retention0.1.json").read_text()
+        )
+        assert tenth["n_kept"] == round(0.1 * n_weights)
+    assert "Granularity: per weight" in (path / "results/summary.md").read_text()
+
+
+def test_paper_config_plans_the_papers_protocol(tmp_path):
+    path = make_workdir(tmp_path)
+    result = snakemake(path, "--dry-run", "--configfile", str(ROOT / "config/paper.yaml"))
+    plan = result.stdout + result.stderr
+    assert "fetch_pretrained_model" in plan and "esm2_t6_8M_UR50D" in plan
+    # the small config's one seed: 6 layers of IG, ig/activation/random x 4 ratios
+    assert re.search(r"score_layer\s+6\b", plan) and re.search(r"evaluate\s+12\b", plan)

@@ -256,16 +256,23 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 def ablated(
     model: EnzymeClassifier, keep: Mapping[tuple[int, str], torch.Tensor]
 ) -> Iterator[None]:
-    """Zero every unit whose `keep` entry is False (same as zeroing its weight row and bias)."""
+    """Ablate what `keep` marks False: per unit (a (units,) mask: the unit's output is zero, the
+    same as zeroing its weight row and bias) or per weight (a (units, inputs) mask: those
+    weights are zero, the bias is kept)."""
     handles = []
     try:
         for (layer, module), mask in keep.items():
             scale = mask.to(dtype=torch.float32)
             target = linear(model.esm, layer, module)
 
-            def hook(_mod, _inp, out, scale=scale):
+            def unit_hook(_mod, _inp, out, scale=scale):
                 return out * scale.to(device=out.device, dtype=out.dtype)
 
+            def weight_hook(mod, inp, _out, scale=scale):
+                weight = mod.weight * scale.to(device=mod.weight.device, dtype=mod.weight.dtype)
+                return nn.functional.linear(inp[0], weight, mod.bias)
+
+            hook = weight_hook if mask.ndim == 2 else unit_hook
             handles.append(target.register_forward_hook(hook))
         yield
     finally:

@@ -365,11 +365,23 @@ def _verdict_lines(verdicts: list[str], r_min: float, kept_txt: str, has_random:
 
 
 def summary_markdown(
-    summary: pd.DataFrame, density: pd.DataFrame, finetune_metrics: Iterable
+    summary: pd.DataFrame,
+    density: pd.DataFrame,
+    finetune_metrics: Iterable,
+    granularity: str = "unit",
 ) -> str:
-    """The page a person reads first. `finetune_metrics`: paths or parsed dicts (one per seed)."""
+    """The page a person reads first. `finetune_metrics`: paths or parsed dicts (one per seed).
+    granularity="weight": the scores, selections and counts are of weights, and it says so."""
     metrics = sorted(_load(finetune_metrics), key=lambda m: int(m["seed"]))
-    lines = _header_lines(summary, metrics) + _accuracy_lines(summary)
+    lines = _header_lines(summary, metrics)
+    if granularity == "weight":
+        lines += [
+            "Granularity: per weight. Every weight of a scored Linear module was scored, kept or "
+            "zeroed (biases kept); below, a kept 'neuron' is one weight and a module's "
+            "'neurons' are its weights.",
+            "",
+        ]
+    lines += _accuracy_lines(summary)
     enr = module_enrichment(density)
     if not enr.empty:
         # the enrichment and verdict sections look at the smallest retention only
@@ -398,7 +410,12 @@ def write_outputs(
     evaluations = _load(evaluation_paths)
     summary = summary_table(finetune, evaluations)
     density = density_table(evaluations)
-    text = summary_markdown(summary, density, finetune)
+    granularities = {e.get("granularity", "unit") for e in evaluations}
+    if len(granularities) > 1:
+        raise ValueError(f"evaluations mix granularities {sorted(granularities)}")
+    text = summary_markdown(
+        summary, density, finetune, granularities.pop() if evaluations else "unit"
+    )
     write_tsv(summary, summary_tsv)
     write_tsv(density, density_tsv)
     with atomic_path(summary_md) as tmp:

@@ -23,6 +23,7 @@ from kneurons.progress import progress as report_progress
 
 log = logging.getLogger(__name__)
 
+GRANULARITIES = ("unit", "weight")
 IG_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
 
@@ -49,18 +50,18 @@ def quadrature(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def scores_frame(scores: dict[tuple[int, str], torch.Tensor]) -> pd.DataFrame:
-    """(layer, module, unit, score) rows, in the order of `scores`."""
-    frames = [
-        pd.DataFrame(
-            {
-                "layer": layer,
-                "module": module,
-                "unit": np.arange(len(s)),
-                "score": s.double().numpy(),
-            }
-        )
-        for (layer, module), s in scores.items()
-    ]
+    """(layer, module, unit, score) rows, in the order of `scores`; per-weight scores (units,
+    inputs) give (layer, module, unit, input, score) rows, unit-major."""
+    frames = []
+    for (layer, module), s in scores.items():
+        columns = {"layer": layer, "module": module}
+        if s.ndim == 1:
+            columns["unit"] = np.arange(len(s))
+        else:
+            units, inputs = s.shape
+            columns["unit"] = np.repeat(np.arange(units), inputs)
+            columns["input"] = np.tile(np.arange(inputs), units)
+        frames.append(pd.DataFrame({**columns, "score": s.double().flatten().numpy()}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -91,9 +92,14 @@ def activation_scores(
     layers: Sequence[int] | None = None,
     batch_size: int = 64,
     max_length: int | None = None,
+    granularity: str = "unit",
 ) -> dict[tuple[int, str], torch.Tensor]:
     """Mean |output| of each unit over a sequence's tokens (BOS/EOS included, padding not),
-    averaged over sequences. One inference pass for all modules of all layers."""
+    averaged over sequences. One inference pass for all modules of all layers.
+
+    granularity="weight": mean |w_ij x_j| = |w_ij| x mean |x_j| over the same tokens and
+    sequences, (units, inputs)."""
+    per_weight = granularity == "weight"
     model.eval()
     device = next(model.parameters()).device
     layers = range(model.num_layers) if layers is None else layers
@@ -101,10 +107,11 @@ def activation_scores(
     state: dict[str, torch.Tensor] = {}
 
     def make_hook(key):
-        def hook(_mod, _inp, out):
-            # out: (T, B, U); per-sequence mean over its non-padding tokens
+        def hook(_mod, inp, out):
+            # out: (T, B, U), inp[0]: (T, B, I); per-sequence mean over its non-padding tokens
             w = state["token_weight"]
-            total = torch.einsum("tbu,tb->u", out.abs().double(), w)
+            seen = inp[0] if per_weight else out
+            total = torch.einsum("tbu,tb->u", seen.abs().double(), w)
             sums[key] = sums.get(key, 0) + total.cpu()
 
         return hook
@@ -123,9 +130,14 @@ def activation_scores(
     finally:
         for h in handles:
             h.remove()
-    return {
-        key: sums[key] / len(sequences) for key in ((layer, m) for layer in layers for m in modules)
-    }
+    keys = [(layer, m) for layer in layers for m in modules]
+    if per_weight:
+        return {
+            key: linear(model.esm, *key).weight.detach().abs().double().cpu()
+            * (sums[key] / len(sequences))[None, :]
+            for key in keys
+        }
+    return {key: sums[key] / len(sequences) for key in keys}
 
 
 def ig_scores(
@@ -142,12 +154,18 @@ def ig_scores(
     rows_per_pass: int = 256,
     max_length: int | None = None,
     progress: bool = True,
+    granularity: str = "unit",
 ) -> dict[tuple[int, str], torch.Tensor]:
-    """IG attributions of every unit of `modules` in `layer` (see module docstring).
+    """IG attributions of every unit of `modules` in `layer` (see module docstring): (units,).
 
-    `labels` are class indices (the head's output positions). `rows_per_pass` bounds memory:
-    sequences x path steps run together in one forward/backward pass.
+    granularity="weight": the attribution of each weight w_ij instead, (units, inputs): w_ij
+    times the path integral of d p / d w_ij while the module's weight matrix is scaled from 0
+    to W (bias unchanged). d p / d W = sum over positions of (output gradient) x (input)^T, so
+    it comes from the same scaled passes. `labels` are class indices (the head's output
+    positions). `rows_per_pass` bounds memory: sequences x path steps per forward/backward.
     """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; expected unit or weight")
     model.eval()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -177,8 +195,16 @@ def ig_scores(
                     alphas,
                     weights,
                     rows_per_pass,
+                    granularity,
                 )
-                attribution = attribution.masked_fill(~residues, 0).sum(0)  # (B, U)
+                if granularity == "unit":
+                    attribution = attribution.masked_fill(~residues, 0).sum(0)  # (B, U)
+                else:
+                    integrated, inputs = attribution
+                    weight = linear(model.esm, layer, module).weight.detach()  # (U, I)
+                    attribution = weight * torch.einsum(
+                        "tbu,tbi->bui", integrated.masked_fill(~residues, 0), inputs
+                    )  # (B, U, I)
                 if absolute:
                     attribution = attribution.abs()
                 totals[(layer, module)] = (
@@ -228,17 +254,34 @@ def _layer_tail(model, parts, padding_mask, layer, module, k) -> torch.Tensor:
 
 
 def _integrated_gradients(
-    model, tokens, hidden, padding_mask, target, layer, module, alphas, weights, rows_per_pass
-) -> torch.Tensor:
-    """(T, B, U): the module's output x its path-integrated gradient, per position."""
+    model,
+    tokens,
+    hidden,
+    padding_mask,
+    target,
+    layer,
+    module,
+    alphas,
+    weights,
+    rows_per_pass,
+    granularity="unit",
+):
+    """unit: (T, B, U), the module's output x its path-integrated gradient, per position, the
+    output scaled by alpha. weight: (path-integrated output gradient (T, B, U), the module's
+    input (T, B, I)), the weight matrix scaled by alpha (bias kept)."""
     batch = tokens.shape[0]
     steps_per_pass = max(1, rows_per_pass // batch)
     target_module = linear(model.esm, layer, module)
     captured: dict[str, torch.Tensor] = {}
 
-    def scale_output(_mod, _inp, out):
+    def scale_output(mod, inp, out):
         captured["output"] = out.detach()[:, :batch]  # step 0's rows; every step has the same
-        scaled = out.detach() * captured["alpha"]
+        if granularity == "unit":
+            scaled = out.detach() * captured["alpha"]
+        else:  # alpha W x + b: the module's input is not on the path, so every step has it
+            captured["input"] = inp[0].detach()[:, :batch]
+            bias = 0 if mod.bias is None else mod.bias.detach()
+            scaled = (out.detach() - bias) * captured["alpha"] + bias
         scaled.requires_grad_(True)
         captured["scaled"] = scaled
         # fair-esm scales q in place; the clone keeps our leaf intact.
@@ -263,6 +306,8 @@ def _integrated_gradients(
             integrated = weighted if integrated is None else integrated + weighted
     finally:
         handle.remove()
+    if granularity == "weight":
+        return integrated, captured["input"]
     return captured["output"] * integrated
 
 

@@ -29,9 +29,10 @@ def ranking_scores(scores: pd.DataFrame, normalize: str = "none") -> np.ndarray:
 
 
 def select(scores: pd.DataFrame, retention: float, normalize: str = "none") -> pd.DataFrame:
-    """`scores` with a boolean `kept` column: the top round(retention * N) neurons overall.
+    """`scores` with a boolean `kept` column: the top round(retention * N) rows overall (units,
+    or weights when `scores` has an `input` column).
 
-    Ties are broken by (layer, module order, unit), so the selection is deterministic.
+    Ties are broken by (layer, module order, unit, input), so the selection is deterministic.
     """
     if not 0 < retention <= 1:
         raise ValueError(f"retention {retention} is outside (0, 1]")
@@ -39,20 +40,28 @@ def select(scores: pd.DataFrame, retention: float, normalize: str = "none") -> p
     module_order = scores["module"].map({m: i for i, m in enumerate(MODULES)}).to_numpy()
     ranked = ranking_scores(scores, normalize)
     # lexsort: last key is primary; ascending, so negate the score
-    order = np.lexsort(
-        (scores["unit"].to_numpy(), module_order, scores["layer"].to_numpy(), -ranked)
-    )
+    keys = [scores["unit"].to_numpy(), module_order, scores["layer"].to_numpy(), -ranked]
+    if "input" in scores.columns:
+        keys.insert(0, scores["input"].to_numpy())
+    order = np.lexsort(keys)
     kept = np.zeros(len(scores), dtype=bool)
     kept[order[:n_keep]] = True
     return scores.assign(kept=kept)
 
 
 def keep_masks(selected: pd.DataFrame) -> dict[tuple[int, str], torch.Tensor]:
-    """Per (layer, module): a boolean tensor over units, True where kept."""
+    """Per (layer, module): a boolean tensor, True where kept: over units (units,), or over
+    weights (units, inputs) when `selected` has an `input` column."""
     masks = {}
+    per_weight = "input" in selected.columns
     for (layer, module), group in selected.groupby(["layer", "module"], sort=False):
-        mask = torch.zeros(int(group["unit"].max()) + 1, dtype=torch.bool)
-        mask[torch.tensor(group["unit"].to_numpy())] = torch.tensor(group["kept"].to_numpy())
+        index = [torch.tensor(group["unit"].to_numpy())]
+        shape = [int(group["unit"].max()) + 1]
+        if per_weight:
+            index.append(torch.tensor(group["input"].to_numpy()))
+            shape.append(int(group["input"].max()) + 1)
+        mask = torch.zeros(shape, dtype=torch.bool)
+        mask[tuple(index)] = torch.tensor(group["kept"].to_numpy())
         masks[(int(layer), str(module))] = mask
     return masks
 

@@ -268,6 +268,7 @@ def evaluate(input, output, params, wildcards) -> None:
         "method": wildcards["method"],
         "retention": ratio,
         "normalize": params["normalize"],
+        "granularity": "weight" if "input" in scores.columns else "unit",
         "device": str(device),
         "n_neurons_total": int(len(selected)),
         "n_kept": int(selected["kept"].sum()),

@@ -243,7 +243,7 @@ def scoring_inputs(wildcards):
 def scoring_settings(wildcards):
     """Only the scoring settings this method uses, plus the code that decides its scores."""
     method = METHOD_REGISTRY[wildcards.method]
-    keys = ["modules", *method.settings]
+    keys = ["modules", "granularity", *method.settings]
     if method.needs_model_pass:
         keys += ["max_sequences", "device"]
     return settings(

@@ -16,6 +16,7 @@ def score(model, inputs: ScoringInputs) -> Scores:
         layers=inputs.layers,
         batch_size=inputs.settings["batch_size"],
         max_length=inputs.max_length,
+        granularity=inputs.settings.get("granularity", "unit"),
     )
 
 

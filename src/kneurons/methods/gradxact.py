@@ -24,23 +24,29 @@ def gradxact_scores(
     *,
     batch_size: int = 16,
     max_length: int | None = None,
+    granularity: str = "unit",
 ) -> Scores:
     """{(layer, module): (units,)} mean over sequences of sum over tokens (BOS/EOS included,
-    padding excluded) of output x d p(true class) / d output."""
+    padding excluded) of output x d p(true class) / d output. granularity="weight": (units,
+    inputs), w_ij x d p / d w_ij = w_ij x sum over tokens of (d p / d output_i) x input_j."""
+    per_weight = granularity == "weight"
     model.eval()
     device = next(model.parameters()).device
     keys = [(layer, module) for layer in layers for module in modules]
-    totals = {key: torch.zeros(linear(model.esm, *key).out_features, dtype=torch.float64)
+    shapes = {key: linear(model.esm, *key).weight.shape for key in keys}
+    totals = {key: torch.zeros(shapes[key] if per_weight else shapes[key][:1], dtype=torch.float64)
               for key in keys}  # fmt: skip
+    inputs: dict = {}
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     outputs: dict = {}
     probes: dict = {}
 
     def probe(key):
-        def hook(_mod, _inp, out):
+        def hook(_mod, inp, out):
             # out + a zero that requires grad: d p / d probe is the total derivative d p / d out,
             # and the graph still runs through every later unit.
             outputs[key] = out.detach()
+            inputs[key] = inp[0].detach() if per_weight else None
             probes[key] = torch.zeros_like(out, requires_grad=True)
             return out + probes[key]
 
@@ -57,8 +63,14 @@ def gradxact_scores(
                     grads = torch.autograd.grad(p_true, [probes[key] for key in keys])
                 residues = (tokens != model.esm.padding_idx).T.unsqueeze(-1)  # (T, B, 1)
                 for key, grad in zip(keys, grads, strict=True):
-                    attribution = (outputs[key] * grad).masked_fill(~residues, 0)
-                    totals[key] += attribution.sum((0, 1)).double().cpu()
+                    if per_weight:
+                        grad = grad.masked_fill(~residues, 0)
+                        weight = linear(model.esm, *key).weight.detach()
+                        gx = torch.einsum("tbu,tbi->ui", grad, inputs[key])
+                        totals[key] += (weight * gx).double().cpu()
+                    else:
+                        attribution = (outputs[key] * grad).masked_fill(~residues, 0)
+                        totals[key] += attribution.sum((0, 1)).double().cpu()
     finally:
         for handle in handles:
             handle.remove()
@@ -75,6 +87,7 @@ def score(model, inputs: ScoringInputs) -> Scores:
         inputs.modules,
         batch_size=inputs.settings["batch_size"],
         max_length=inputs.max_length,
+        granularity=inputs.settings.get("granularity", "unit"),
     )
 
 

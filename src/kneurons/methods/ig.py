@@ -23,6 +23,7 @@ def score(model, inputs: ScoringInputs) -> Scores:
             batch_size=s["batch_size"],
             rows_per_pass=s["rows_per_pass"],
             max_length=inputs.max_length,
+            granularity=s.get("granularity", "unit"),
         )
     return scores
 

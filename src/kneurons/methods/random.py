@@ -9,15 +9,17 @@ from kneurons.model import linear
 
 
 def score(model, inputs: ScoringInputs) -> Scores:
-    """One uniform draw per unit, in (layer, module) order, from `inputs.seed`."""
+    """One uniform draw per unit (or per weight, (units, inputs), at weight granularity), in
+    (layer, module) order, from `inputs.seed`."""
+    per_weight = inputs.settings.get("granularity", "unit") == "weight"
     generator = torch.Generator().manual_seed(inputs.seed)
-    return {
-        (layer, module): torch.rand(
-            linear(model.esm, layer, module).out_features, generator=generator, dtype=torch.float64
-        )
-        for layer in inputs.layers
-        for module in inputs.modules
-    }
+    scores = {}
+    for layer in inputs.layers:
+        for module in inputs.modules:
+            shape = linear(model.esm, layer, module).weight.shape
+            shape = shape if per_weight else shape[:1]
+            scores[(layer, module)] = torch.rand(shape, generator=generator, dtype=torch.float64)
+    return scores
 
 
 METHOD = ScoringMethod(name="random", score=score, needs_model_pass=False, color="#7f7f7f")
