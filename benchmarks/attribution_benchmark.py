@@ -52,9 +52,9 @@ class Bench:
         return ScoringInputs(self.sequences, self.labels, self.layers, MODULES, self.seed,
                              self.max_length, settings)  # fmt: skip
 
-    def ig(self, rule, steps, model=None):
+    def ig(self, rule, steps, model=None, granularity="unit"):
         """The workflow's `ig` method over all layers (float32 unless `model` says otherwise)."""
-        inputs = self.inputs(ig_rule=rule, ig_steps=steps)
+        inputs = self.inputs(ig_rule=rule, ig_steps=steps, granularity=granularity)
         return REGISTRY["ig"].score(self.model if model is None else model, inputs)
 
     def gradxact(self):
@@ -139,6 +139,7 @@ def main():
         action="store_true",
         help="8 sequences, 1 repeat, reference 16 steps: a smoke run (~2 min)",
     )
+    p.add_argument("--time-only", action="store_true", help="section 1 (timings) only")
     p.add_argument(
         "--out", default=str(Path(__file__).parent / "out" / "attribution_benchmark.tsv")
     )
@@ -164,6 +165,7 @@ def main():
         rl20: lambda: bench.ig(*DEFAULT_IG),
         gl_t: lambda: bench.ig("gausslegendre", args.gl_timed),
         "gradxact": bench.gradxact,
+        f"{rl20} per weight": lambda: bench.ig(*DEFAULT_IG, granularity="weight"),
     }
     times = {name: [] for name in runs}
     scores = {}
@@ -189,6 +191,12 @@ def main():
         )
     print(f"{gl_t} vs {rl20}: {med[rl20] / med[gl_t]:.1f}x")
     tsv.append(("speedup", f"{gl_t} vs {rl20}", "ratio", f"{med[rl20] / med[gl_t]:.3f}"))
+    weight = f"{rl20} per weight"
+    print(f"{weight} costs {med[weight] / med[rl20]:.2f}x {rl20} per unit")
+    tsv.append(("cost", f"{weight} vs {rl20}", "ratio", f"{med[weight] / med[rl20]:.3f}"))
+    if args.time_only:
+        write_tsv(tsv, args)
+        return
 
     # -- 2. agreement with converged IG -----------------------------------------------------
     ref_steps, half = args.reference_steps, args.reference_steps // 2
@@ -285,16 +293,21 @@ def main():
     rl20_vs_ref = [jaccard(rl20_kept[r], ref_kept[r]) for r in RATIOS]
     print(f"{rl20} itself vs the reference: J = {', '.join(f'{v:.3f}' for v in rl20_vs_ref)}")
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("section\tcontender\tmetric\tvalue\n")
-        f.writelines("\t".join(r) + "\n" for r in tsv)
+    write_tsv(tsv, args)
     load_end = os.getloadavg()
     print(
         f"\ntotal {time.perf_counter() - t_start:.0f} s, {args.threads} thread(s); "
         f"1-min load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end; "
         f"TSV: {args.out}"
     )
+
+
+def write_tsv(tsv, args) -> None:
+    """The (section, contender, metric, value) rows to `args.out`."""
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("section\tcontender\tmetric\tvalue\n")
+        f.writelines("\t".join(r) + "\n" for r in tsv)
 
 
 if __name__ == "__main__":
