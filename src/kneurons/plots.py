@@ -61,6 +61,8 @@ def _style(style: dict | None) -> dict:
     out["dpi"] = int(out["dpi"])
     out["font_size"] = float(out["font_size"])
     out["figure_width"] = float(out["figure_width"])
+    # what was scored and kept: output units (neurons) or, at weight granularity, weights
+    out["scored"] = "weights" if out.get("granularity") == "weight" else "neurons"
     return out
 
 
@@ -163,7 +165,7 @@ def _reference_lines(ax, summary: pd.DataFrame, chance: float | None) -> None:
         ax.axhline(chance, color="0.3", ls=":", lw=1.5, label=f"chance ({chance:.3f})")
 
 
-def _retention_axes(ax, retentions: Iterable[float]) -> None:
+def _retention_axes(ax, retentions: Iterable[float], scored: str = "neurons") -> None:
     """Log retention axis with one labelled tick per ratio (100% on the left), labels, grid."""
     rets = sorted(set(retentions) | {1.0})
     ax.set_xscale("log")
@@ -172,9 +174,9 @@ def _retention_axes(ax, retentions: Iterable[float]) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlim(max(rets) * 1.25, min(rets) / 1.25)  # 100% on the left: more pruning ->
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("retention ratio r (% of scored neurons kept, log scale)")
+    ax.set_xlabel(f"retention ratio r (% of scored {scored} kept, log scale)")
     ax.set_ylabel("test accuracy (fraction correct)")
-    ax.set_title("Test accuracy after keeping the top-r neurons and ablating the rest")
+    ax.set_title(f"Test accuracy after keeping the top-r {scored} and ablating the rest")
     ax.grid(True, which="major", alpha=0.3)
 
 
@@ -196,7 +198,7 @@ def plot_accuracy_vs_retention(
         methods = _pruned_methods(summary)
         _method_curves(ax, summary, methods, _colors(methods, st.get("method_colors")))
         _reference_lines(ax, summary, chance)
-        _retention_axes(ax, summary["retention"].astype(float))
+        _retention_axes(ax, summary["retention"].astype(float), st["scored"])
         fig.legend(loc="outside right upper", frameon=False)
         return _save(fig, out_png, out_pdf, st["dpi"])
 
@@ -226,7 +228,7 @@ def _heatmap_scale(vals: np.ndarray, value: str, st: dict) -> _ColourScale:
         return _ColourScale(
             Normalize(vmin=0.0, vmax=max(float(np.nanmax(vals)), 1e-9)),
             mpl.colormaps[st["cmap"]],
-            "fraction of neurons kept",
+            f"fraction of {st['scored']} kept",
             "{:.2f}",
         )
     pos = vals[vals > 0]
@@ -367,9 +369,11 @@ def plot_layer_heatmaps(
                 _label_panel(ax, f"{method}, r = {format_retention(r)}", mods, layers, j == 0)
         _heatmap_colorbar(fig, im, axes, scale, value)
         if value == "enrichment":
-            title = "Enrichment of kept neurons per layer and module type (fraction kept / r)"
+            title = (
+                f"Enrichment of kept {st['scored']} per layer and module type (fraction kept / r)"
+            )
         else:
-            title = "Fraction of neurons kept per layer and module type"
+            title = f"Fraction of {st['scored']} kept per layer and module type"
         fig.suptitle(f"{title}; mean over {n_seeds} seed{'s' if n_seeds != 1 else ''}")
         return _save(fig, out_png, out_pdf, st["dpi"])
 
@@ -490,7 +494,7 @@ def plot_module_enrichment(
             ax.grid(True, axis="y", alpha=0.3, zorder=0)
         _bar_legend(fig, axes[0], methods)
         fig.suptitle(
-            "Enrichment of kept neurons by module type, pooled over layers "
+            f"Enrichment of kept {st['scored']} by module type, pooled over layers "
             f"(bars: mean over {n_seeds} seeds, error bars {_spread_label(n_seeds)})"
         )
         return _save(fig, out_png, out_pdf, st["dpi"])

@@ -39,6 +39,7 @@ rule plots:
         settings=settings(
             config["plots"],
             method_colors={m: METHOD_REGISTRY[m].color for m in METHODS},
+            granularity=config["scoring"]["granularity"],
             code=code_version("plots"),
         ),
     script:
