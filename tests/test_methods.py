@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 
 import pytest
@@ -78,3 +79,10 @@ def test_a_new_method_is_one_file(tmp_path, monkeypatch, tiny_classifier):
     scores = found["weightnorm"].score(tiny_classifier, inputs)
     assert scores[(1, "fc2")].shape == (32,)
     importlib.invalidate_caches()
+
+
+def test_reading_the_registry_does_not_import_torch():
+    """The Snakefile reads the registry on every parse (dry runs, each cluster job)."""
+    code = "import sys, kneurons.methods as m; print(len(m.REGISTRY), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(len(REGISTRY)), "False"]

@@ -184,7 +184,7 @@ def ig_scores(
                 )
             residues = (tokens != model.esm.padding_idx).T.unsqueeze(-1)  # (T, B, 1)
             for module in modules:
-                attribution = _integrated_gradients(
+                integrated, output, inputs = _integrated_gradients(
                     model,
                     tokens,
                     hidden,
@@ -198,9 +198,8 @@ def ig_scores(
                     granularity,
                 )
                 if granularity == "unit":
-                    attribution = attribution.masked_fill(~residues, 0).sum(0)  # (B, U)
+                    attribution = (output * integrated).masked_fill(~residues, 0).sum(0)  # (B, U)
                 else:
-                    integrated, inputs = attribution
                     weight = linear(model.esm, layer, module).weight.detach()  # (U, I)
                     attribution = weight * torch.einsum(
                         "tbu,tbi->bui", integrated.masked_fill(~residues, 0), inputs
@@ -266,9 +265,9 @@ def _integrated_gradients(
     rows_per_pass,
     granularity="unit",
 ):
-    """unit: (T, B, U), the module's output x its path-integrated gradient, per position, the
-    output scaled by alpha. weight: (path-integrated output gradient (T, B, U), the module's
-    input (T, B, I)), the weight matrix scaled by alpha (bias kept)."""
+    """The path-integrated gradient of p(true class) with respect to the module's output
+    (T, B, U), the output (T, B, U) and, at weight granularity, the input (T, B, I; else None).
+    unit: the output is scaled by alpha; weight: the weight matrix (bias kept)."""
     batch = tokens.shape[0]
     steps_per_pass = max(1, rows_per_pass // batch)
     target_module = linear(model.esm, layer, module)
@@ -306,9 +305,7 @@ def _integrated_gradients(
             integrated = weighted if integrated is None else integrated + weighted
     finally:
         handle.remove()
-    if granularity == "weight":
-        return integrated, captured["input"]
-    return captured["output"] * integrated
+    return integrated, captured["output"], captured.get("input")
 
 
 def ig_scores_reference(

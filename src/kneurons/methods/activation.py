@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
-from kneurons.methods.base import Scores, ScoringInputs, ScoringMethod
-from kneurons.scoring import activation_scores
+from typing import TYPE_CHECKING
+
+from kneurons.methods.base import ScoringInputs, ScoringMethod
+
+if TYPE_CHECKING:
+    from kneurons.methods.base import Scores
 
 
 def score(model, inputs: ScoringInputs) -> Scores:
     """Activation magnitude of every unit, averaged over the scoring sequences."""
+    from kneurons.scoring import activation_scores  # lazy: see methods.base
+
     return activation_scores(
         model,
         inputs.sequences,

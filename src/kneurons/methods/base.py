@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+# torch only for type checking: the workflow reads the registry when it parses the Snakefile
+# (every dry run, every cluster job), which should not pay for importing torch.
+if TYPE_CHECKING:
+    import torch
 
-Scores = dict[tuple[int, str], torch.Tensor]  # (layer, module) -> one score per unit
+    Scores = dict[tuple[int, str], torch.Tensor]  # (layer, module) -> one score per unit
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ right-Riemann step (alpha = 1) per module.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from kneurons.methods.base import Scores, ScoringInputs, ScoringMethod
-from kneurons.model import EnzymeClassifier, encode, frozen, linear
-from kneurons.progress import progress
-from kneurons.scoring import length_sorted_batches
+from kneurons.methods.base import ScoringInputs, ScoringMethod
+
+if TYPE_CHECKING:
+    from kneurons.methods.base import Scores
+    from kneurons.model import EnzymeClassifier
 
 
 def gradxact_scores(
@@ -29,6 +30,12 @@ def gradxact_scores(
     """{(layer, module): (units,)} mean over sequences of sum over tokens (BOS/EOS included,
     padding excluded) of output x d p(true class) / d output. granularity="weight": (units,
     inputs), w_ij x d p / d w_ij = w_ij x sum over tokens of (d p / d output_i) x input_j."""
+    import torch  # lazy: see methods.base
+
+    from kneurons.model import encode, frozen, linear
+    from kneurons.progress import progress
+    from kneurons.scoring import length_sorted_batches
+
     per_weight = granularity == "weight"
     model.eval()
     device = next(model.parameters()).device

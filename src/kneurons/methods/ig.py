@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from kneurons.methods.base import Scores, ScoringInputs, ScoringMethod
-from kneurons.scoring import ig_scores
+from typing import TYPE_CHECKING
+
+from kneurons.methods.base import ScoringInputs, ScoringMethod
+
+if TYPE_CHECKING:
+    from kneurons.methods.base import Scores
 
 
 def score(model, inputs: ScoringInputs) -> Scores:
     """IG of p(true class) for every unit of `inputs.modules` in each of `inputs.layers`."""
+    from kneurons.scoring import ig_scores  # lazy: see methods.base
+
     s = inputs.settings
     scores: Scores = {}
     for layer in inputs.layers:

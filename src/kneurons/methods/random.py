@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from kneurons.methods.base import Scores, ScoringInputs, ScoringMethod
-from kneurons.model import linear
+from kneurons.methods.base import ScoringInputs, ScoringMethod
+
+if TYPE_CHECKING:
+    from kneurons.methods.base import Scores
 
 
 def score(model, inputs: ScoringInputs) -> Scores:
     """One uniform draw per unit (or per weight, (units, inputs), at weight granularity), in
     (layer, module) order, from `inputs.seed`."""
+    import torch  # lazy: see methods.base
+
+    from kneurons.model import linear
+
     per_weight = inputs.settings.get("granularity", "unit") == "weight"
     generator = torch.Generator().manual_seed(inputs.seed)
     scores = {}
