@@ -26,9 +26,10 @@ from kneurons.io import atomic_path, read_json
 from kneurons.report import (
     FOCUS_MODULE,
     FULL_METHOD,
+    GLOBAL,
+    RANDOM,
     format_retention,
     method_order,
-    module_enrichment,
     module_order,
 )
 
@@ -49,7 +50,9 @@ OUTPUT_NAMES = {
     "density": "density_heatmaps",
     "enrichment": "enrichment_heatmaps",
     "modules": "module_enrichment",
+    "pruning": "module_pruning",
 }
+INTERVAL = "95% t-interval over seeds"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -108,61 +111,84 @@ def _bold_tick(ax, labels: Sequence[str], axis: str = "x") -> None:
             tick.set_fontweight("bold")
 
 
-def _spread_label(n_seeds: int) -> str:
-    return "± 1 sd" if n_seeds >= 3 else "min–max"
+def _selected(summary: pd.DataFrame, selection: str, method: str, scope: str) -> pd.DataFrame:
+    match = (
+        (summary["selection"] == selection)
+        & (summary["method"] == method)
+        & (summary["scope"] == scope)
+    )
+    return summary[match].sort_values("retention")
+
+
+def _mean_with_interval(ax, rows: pd.DataFrame, color: str, label: str, **line) -> None:
+    """Mean per ratio with its 95% interval as error bars (none where undefined)."""
+    x = rows["retention"].to_numpy(dtype=float)
+    mean = rows["accuracy_mean"].to_numpy(dtype=float)
+    low = (mean - rows["ci_low"].to_numpy(dtype=float)).clip(min=0)
+    high = (rows["ci_high"].to_numpy(dtype=float) - mean).clip(min=0)
+    ax.errorbar(
+        x,
+        mean,
+        yerr=np.nan_to_num(np.vstack([low, high])),
+        color=color,
+        capsize=3,
+        marker="o",
+        ms=4,
+        label=label,
+        **line,
+    )
 
 
 # ----------------------------------------------------------------------------- accuracy
 
 
-def _method_curves(ax, summary: pd.DataFrame, methods: list[str], colors: dict) -> None:
-    """One line per pruned method: mean accuracy over seeds per retention, spread shaded."""
-    for method in methods:
-        g = summary[summary["method"] == method].groupby("retention")["accuracy"]
-        stats = g.agg(["mean", "std", "min", "max", "count"]).sort_index()
-        n = int(stats["count"].min())
-        if n >= 3:
-            lo, hi = stats["mean"] - stats["std"], stats["mean"] + stats["std"]
-        else:
-            lo, hi = stats["min"], stats["max"]
+def _method_curves(ax, summary, accuracy, methods: list[str], colors: dict) -> None:
+    """Per method: per-seed points, mean with its interval, and its matched random (dashed)."""
+    for k, method in enumerate(methods):
         c = colors[method]
-        ax.plot(
-            stats.index,
-            stats["mean"],
-            marker="o",
-            color=c,
-            lw=1.8,
-            label=f"{method} (mean {_spread_label(n)}, {n} seeds)",
-        )
-        ax.fill_between(stats.index, lo, hi, color=c, alpha=0.2, lw=0)
+        points = accuracy[
+            (accuracy["selection"] == "scored")
+            & (accuracy["method"] == method)
+            & (accuracy["scope"] == GLOBAL)
+        ]
+        jitter = 1 + 0.03 * (k - (len(methods) - 1) / 2)
+        ax.plot(points["retention"] * jitter, points["accuracy"], ".", color=c, alpha=0.5, ms=5)
+        _mean_with_interval(ax, _selected(summary, "scored", method, GLOBAL), c, method, lw=1.8)
+        matched = _selected(summary, "matched", method, GLOBAL)
+        if not matched.empty:
+            ax.plot(
+                matched["retention"],
+                matched["accuracy_mean"],
+                ls="--",
+                color=c,
+                lw=1,
+                label=f"matched random ({method})",
+            )
+
+
+def _random_band(ax, summary: pd.DataFrame) -> None:
+    rows = _selected(summary, "random", RANDOM, GLOBAL)
+    if rows.empty:
+        return
+    x = rows["retention"].to_numpy(dtype=float)
+    ax.plot(x, rows["accuracy_mean"], color="0.45", lw=1.5, marker="s", ms=3, label=RANDOM)
+    ax.fill_between(x, rows["ci_low"], rows["ci_high"], color="0.6", alpha=0.3, lw=0)
 
 
 def _reference_lines(ax, summary: pd.DataFrame, chance: float | None) -> None:
-    """Dashed full-model mean (marker at r = 1 with its min–max over seeds) and dotted chance."""
-    full = summary.loc[summary["method"] == FULL_METHOD, "accuracy"]
+    """The full model at r = 1 with its interval; composition and majority baselines."""
+    full = _selected(summary, "full", FULL_METHOD, GLOBAL)
     if not full.empty:
-        fm = float(full.mean())
-        ax.axhline(
-            fm,
-            color="black",
-            ls="--",
-            lw=1.2,
-            label=f"full model, no pruning (mean {fm:.3f}, {len(full)} seeds)",
-        )
-        if len(full) > 1:
-            ax.errorbar(
-                [1.0],
-                [fm],
-                yerr=[[fm - full.min()], [full.max() - fm]],
-                fmt="s",
-                color="black",
-                ms=5,
-                capsize=3,
-            )
-        else:
-            ax.plot([1.0], [fm], "s", color="black", ms=5)
+        _mean_with_interval(ax, full, "black", "full model", ls="none")
+    for name, style in (("composition", "-."), ("majority", ":")):
+        row = summary[(summary["selection"] == "baseline") & (summary["method"] == name)]
+        if row.empty:
+            continue
+        value = float(row["accuracy_mean"].iloc[0])
+        label = "composition baseline" if name == "composition" else "majority class"
+        ax.axhline(value, color="0.2", ls=style, lw=1.2, label=f"{label} ({value:.3f})")
     if chance is not None and np.isfinite(chance):
-        ax.axhline(chance, color="0.3", ls=":", lw=1.5, label=f"chance ({chance:.3f})")
+        ax.axhline(chance, color="0.6", ls=":", lw=1, label=f"chance ({chance:.3f})")
 
 
 def _retention_axes(ax, retentions: Iterable[float], scored: str = "neurons") -> None:
@@ -182,24 +208,76 @@ def _retention_axes(ax, retentions: Iterable[float], scored: str = "neurons") ->
 
 def plot_accuracy_vs_retention(
     summary: pd.DataFrame,
+    accuracy: pd.DataFrame,
     chance: float | None,
     out_png: PathLike,
     out_pdf: PathLike,
     style: dict | None = None,
 ) -> list[Path]:
-    """Test accuracy vs retention ratio, one line per method (mean over seeds, shaded spread).
-
-    Spread is ± 1 sd over seeds when a method has >= 3 seeds, else min–max; the legend says which.
-    """
+    """Test accuracy vs retention ratio: per-seed points, means with 95% t-intervals over
+    seeds, random (band), matched random (dashed) and the baselines."""
     st = _style(style)
     with mpl.rc_context(_rc(st)):
         fig = Figure(figsize=(st["figure_width"], st["figure_width"] * 0.55), layout="constrained")
         ax = fig.add_subplot()
-        methods = _pruned_methods(summary)
-        _method_curves(ax, summary, methods, _colors(methods, st.get("method_colors")))
+        methods = method_order(summary.loc[summary["selection"] == "scored", "method"])
+        _method_curves(ax, summary, accuracy, methods, _colors(methods, st.get("method_colors")))
+        _random_band(ax, summary)
         _reference_lines(ax, summary, chance)
-        _retention_axes(ax, summary["retention"].astype(float), st["scored"])
-        fig.legend(loc="outside right upper", frameon=False)
+        ratios = summary.loc[summary["scope"] == GLOBAL, "retention"].dropna().astype(float)
+        _retention_axes(ax, ratios, st["scored"])
+        fig.legend(
+            loc="outside right upper", frameon=False, title=f"points: seeds\nbars: {INTERVAL}"
+        )
+        return _save(fig, out_png, out_pdf, st["dpi"])
+
+
+def plot_module_pruning(
+    summary: pd.DataFrame,
+    out_png: PathLike,
+    out_pdf: PathLike,
+    style: dict | None = None,
+) -> list[Path]:
+    """One panel per module type pruned alone: accuracy vs ratio per method and random."""
+    st = _style(style)
+    within = summary[(summary["scope"] != GLOBAL) & summary["selection"].isin(["scored", "random"])]
+    mods = module_order(within["scope"])
+    methods = method_order(within.loc[within["selection"] == "scored", "method"])
+    colors = {**_colors(methods, st.get("method_colors")), RANDOM: "0.45"}
+    n_cols = min(3, max(1, len(mods)))
+    n_rows = max(1, int(np.ceil(len(mods) / n_cols)))
+    with mpl.rc_context(_rc(st)):
+        fig = Figure(figsize=(st["figure_width"], 2.8 * n_rows + 0.8), layout="constrained")
+        axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+        for ax in axes[len(mods) :]:
+            ax.set_visible(False)
+        full = _selected(summary, "full", FULL_METHOD, GLOBAL)
+        for j, (ax, module) in enumerate(zip(axes, mods, strict=False)):
+            for method in [*methods, RANDOM]:
+                selection = RANDOM if method == RANDOM else "scored"
+                rows = _selected(within, selection, method, module)
+                _mean_with_interval(ax, rows, colors[method], method, lw=1.5)
+            if not full.empty:
+                ax.axhline(float(full["accuracy_mean"].iloc[0]), color="black", ls="--", lw=1)
+            ratios = within.loc[within["scope"] == module, "retention"].astype(float)
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(sorted(set(ratios))))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_retention(x)))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xlim(max(ratios) * 1.6, min(ratios) / 1.6)
+            ax.set_ylim(0, 1.02)
+            ax.set_title(
+                f"only {module} pruned", fontweight="bold" if module == FOCUS_MODULE else None
+            )
+            ax.grid(True, alpha=0.3)
+            if j % n_cols == 0:
+                ax.set_ylabel("test accuracy")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
+        fig.suptitle(
+            f"Within-module pruning: keep the top-r {st['scored']} of one module type, "
+            f"the rest intact (mean, {INTERVAL}; dashed: full model)"
+        )
         return _save(fig, out_png, out_pdf, st["dpi"])
 
 
@@ -395,17 +473,11 @@ def plot_enrichment_heatmaps(
 # ----------------------------------------------------------------------------- module bars
 
 
-def _error_bars(s: pd.DataFrame, mean: np.ndarray, use_sd: bool) -> np.ndarray:
-    """(2, n_modules) lower/upper error-bar lengths: ± sd (0 if undefined), else to min/max."""
-    if use_sd:
-        sd = s["enrichment_sd"].fillna(0).to_numpy(dtype=float)
-        return np.vstack([sd, sd])
-    return np.vstack(
-        [
-            mean - s["enrichment_min"].to_numpy(dtype=float),
-            s["enrichment_max"].to_numpy(dtype=float) - mean,
-        ]
-    )
+def _error_bars(s: pd.DataFrame, mean: np.ndarray) -> np.ndarray:
+    """(2, n_modules) lower/upper error-bar lengths to the 95% interval (0 if undefined)."""
+    low = np.nan_to_num(mean - s["ci_low"].to_numpy(dtype=float)).clip(min=0)
+    high = np.nan_to_num(s["ci_high"].to_numpy(dtype=float) - mean).clip(min=0)
+    return np.vstack([low, high])
 
 
 def _enrichment_panel(
@@ -414,7 +486,6 @@ def _enrichment_panel(
     methods: list[str],
     colors: dict,
     mods: list[str],
-    use_sd: bool,
 ) -> None:
     """One retention's panel: bars per module, grouped by method, k_proj shaded, line at 1."""
     width = 0.8 / max(1, len(methods))
@@ -430,12 +501,16 @@ def _enrichment_panel(
             mean,
             width=width,
             color=colors[method],
-            yerr=_error_bars(s, mean, use_sd),
+            yerr=_error_bars(s, mean),
             capsize=2,
             error_kw={"lw": 0.8},
             label=method,
             zorder=2,
         )
+        significant = s["significant"].fillna(False).astype(bool).to_numpy()
+        top = np.nan_to_num(s["ci_high"].to_numpy(dtype=float), nan=0.0)
+        for xi, yi in zip(x[significant], np.maximum(top, mean)[significant], strict=True):
+            ax.text(xi, yi, "*", ha="center", va="bottom", fontsize="small", zorder=4)
     ax.axhline(1.0, color="black", ls="--", lw=1, zorder=3, label="1 = no preference")
     ax.set_xticks(range(len(mods)))
     ax.set_xticklabels(mods)
@@ -464,17 +539,14 @@ def plot_module_enrichment(
     out_pdf: PathLike,
     style: dict | None = None,
 ) -> list[Path]:
-    """Grouped bars of module-type enrichment (output of `report.module_enrichment`).
-
-    One panel per retention ratio; error bars are ± 1 sd over seeds (min–max when < 3 seeds).
-    """
+    """Grouped bars of module-type enrichment (`report.enrichment_table`): one panel per
+    retention ratio; error bars: 95% t-interval over seeds; *: Holm p < 0.05 vs random."""
     st = _style(style)
     methods = _pruned_methods(enrichment)
     colors = _colors(methods, st.get("method_colors"))
     rets = sorted(enrichment["retention"].unique(), reverse=True)
     mods = module_order(enrichment["module"])
     n_seeds = int(enrichment["n_seeds"].min()) if len(enrichment) else 0
-    use_sd = n_seeds >= 3
     n_cols = min(2, len(rets))
     n_rows = int(np.ceil(len(rets) / n_cols))
     with mpl.rc_context(_rc(st)):
@@ -487,15 +559,15 @@ def plot_module_enrichment(
             ax.set_visible(False)
         for j, (ax, r) in enumerate(zip(axes, rets, strict=False)):
             sub = enrichment[np.isclose(enrichment["retention"], r)]
-            _enrichment_panel(ax, sub, methods, colors, mods, use_sd)
+            _enrichment_panel(ax, sub, methods, colors, mods)
             ax.set_title(f"r = {format_retention(r)}")
             if j % n_cols == 0:
-                ax.set_ylabel("enrichment\n(kept fraction / retention)")
+                ax.set_ylabel("enrichment\n(kept share / overall kept share)")
             ax.grid(True, axis="y", alpha=0.3, zorder=0)
         _bar_legend(fig, axes[0], methods)
         fig.suptitle(
             f"Enrichment of kept {st['scored']} by module type, pooled over layers "
-            f"(bars: mean over {n_seeds} seeds, error bars {_spread_label(n_seeds)})"
+            f"(mean over {n_seeds} seeds, {INTERVAL}; *: Holm p < 0.05 vs random)"
         )
         return _save(fig, out_png, out_pdf, st["dpi"])
 
@@ -503,26 +575,24 @@ def plot_module_enrichment(
 # ----------------------------------------------------------------------------- all
 
 
-def make_all_plots(
-    summary_tsv: PathLike,
-    density_tsv: PathLike,
-    finetune_paths: Iterable[PathLike],
-    out_dir: PathLike,
-    style: dict | None = None,
-) -> list[Path]:
-    """Write all four figures (PNG + PDF) under out_dir; return the eight paths."""
+def make_all_plots(tables, out_dir: PathLike, style: dict | None = None) -> list[Path]:
+    """Write every figure (PNG + PDF) under out_dir from the aggregate's tables (`tables` has
+    paths accuracy, summary, enrichment, density and finetune, a list of metrics files)."""
     out_dir = Path(out_dir)
-    summary = pd.read_csv(summary_tsv, sep="\t")
-    density = pd.read_csv(density_tsv, sep="\t")
-    chances = [float(read_json(p)["chance"]) for p in finetune_paths]
+    summary = pd.read_csv(tables.summary, sep="\t")
+    accuracy = pd.read_csv(tables.accuracy, sep="\t")
+    density = pd.read_csv(tables.density, sep="\t")
+    enrichment = pd.read_csv(tables.enrichment, sep="\t")
+    chances = [float(read_json(p)["chance"]) for p in tables.finetune]
     chance = float(np.mean(chances)) if chances else None
 
     def paths(key: str) -> tuple[Path, Path]:
         return out_dir / f"{OUTPUT_NAMES[key]}.png", out_dir / f"{OUTPUT_NAMES[key]}.pdf"
 
     written: list[Path] = []
-    written += plot_accuracy_vs_retention(summary, chance, *paths("accuracy"), style)
+    written += plot_accuracy_vs_retention(summary, accuracy, chance, *paths("accuracy"), style)
     written += plot_density_heatmaps(density, *paths("density"), style)
     written += plot_enrichment_heatmaps(density, *paths("enrichment"), style)
-    written += plot_module_enrichment(module_enrichment(density), *paths("modules"), style)
+    written += plot_module_enrichment(enrichment, *paths("modules"), style)
+    written += plot_module_pruning(summary, *paths("pruning"), style)
     return written

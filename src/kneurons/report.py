@@ -1,65 +1,50 @@
-"""Aggregate per-job JSON outputs into tables and a short markdown summary.
+"""Aggregate the seeds' evaluations into tables with intervals and tests, and a summary page.
 
-Inputs are the fine-tuning metrics (one JSON per seed) and the pruning evaluations (one JSON per
-seed x method x retention ratio). Outputs: a long accuracy table (`summary_table`), a per-cell
-kept-neuron table (`density_table`), per-module enrichment pooled over layers
-(`module_enrichment`) and a markdown page (`summary_markdown`).
+Inputs per seed: the fine-tuning metrics, the evaluation results (one row per pruned model:
+`kneurons.evaluation`), the kept counts per (layer, module) of each method's selections, and
+the split's baselines (majority class, residue composition).
 
-Enrichment of a cell = (fraction of its neurons kept) / (global retention ratio r). A module type
-that is kept exactly in proportion to its size has enrichment 1; random selection gives 1 in
-expectation by construction.
+Intervals: one kind per level. A single model's accuracy has a 95% percentile-bootstrap
+interval over test sequences (computed in the evaluation). Across seeds, a mean has a 95%
+Student-t interval over the per-seed values (the seed is the replicate: it varies the split,
+the initialisation, training and scoring). Tests compare per-seed values paired by seed
+(`stats.paired_test`) and are Holm-corrected within each family of comparisons.
+
+Enrichment of a module type M = (fraction of M's units kept) / (fraction of all units kept):
+1 = kept in proportion to size; a uniform random selection gives 1 in expectation. Its null is
+exact: under same-size random selections the kept count of M is hypergeometric.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from kneurons import stats
 from kneurons.io import atomic_path, read_json, write_tsv
 from kneurons.units import MODULES
 
 FULL_METHOD = "full"
+RANDOM = "random"
 FOCUS_MODULE = "k_proj"
-
-SUMMARY_COLUMNS = ["seed", "method", "retention", "accuracy", "macro_f1"]
-DENSITY_COLUMNS = [
-    "seed",
-    "method",
-    "retention",
-    "layer",
-    "module",
-    "n_neurons",
-    "n_kept",
-    "density",
-    "enrichment",
-]
-ENRICHMENT_COLUMNS = [
-    "method",
-    "retention",
-    "module",
-    "enrichment_mean",
-    "enrichment_sd",
-    "enrichment_min",
-    "enrichment_max",
-    "n_seeds",
-]
+GLOBAL = "global"
+ALPHA = 0.05
+OUTPUT_KEYS = ("accuracy", "summary", "tests", "enrichment", "density", "markdown")
 
 PathLike = str | os.PathLike
-
 
 # ----------------------------------------------------------------------------- ordering helpers
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    """'full' first, then the methods in order of first appearance (the config's order: the
-    workflow passes evaluations seed by seed, methods in config order)."""
+    """'full' first, the scored methods in order of first appearance (the config's), 'random'
+    last."""
     present = list(dict.fromkeys(methods))
-    return [m for m in present if m == FULL_METHOD] + [m for m in present if m != FULL_METHOD]
+    scored = [m for m in present if m not in (FULL_METHOD, RANDOM)]
+    return [m for m in present if m == FULL_METHOD] + scored + [m for m in present if m == RANDOM]
 
 
 def module_order(modules: Iterable[str]) -> list[str]:
@@ -74,349 +59,568 @@ def format_retention(r: float) -> str:
     return f"{float(r) * 100:.4g}%"
 
 
-def _sort_methods(df: pd.DataFrame) -> pd.DataFrame:
-    """Stable sort by canonical method order, keeping the existing order within a method."""
-    order = method_order(df["method"])
-    key = pd.Categorical(df["method"], categories=order, ordered=True)
-    out = df.assign(_m=key).sort_values("_m", kind="stable").drop(columns="_m")
-    return out.reset_index(drop=True)
+def _interval(mean: float, low: float, high: float, digits: int = 3) -> str:
+    if pd.isna(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _load(items: Iterable) -> list[dict]:
-    """Accept paths or already-parsed dicts."""
-    return [item if isinstance(item, dict) else read_json(item) for item in items]
+def _p(p: float) -> str:
+    if pd.isna(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
 
 
-# ----------------------------------------------------------------------------- tables
+# ----------------------------------------------------------------------------- per-seed tables
 
 
-def summary_table(
-    finetune_paths: Iterable[PathLike], evaluation_paths: Iterable[PathLike]
-) -> pd.DataFrame:
-    """Test accuracy per (seed, method, retention).
-
-    The unpruned model contributes one row per seed with method 'full' and retention 1.0.
-    Raises ValueError on duplicate (seed, method, retention) keys.
-    """
+def accuracy_table(results: pd.DataFrame, baselines: Sequence[dict], seeds: Sequence[int]):
+    """Per (seed, selection, method, scope, retention): accuracy. Random and matched-random rows
+    are the mean over their draws (`n_draws`, `draws_sd`); a single model keeps its bootstrap
+    interval. The baselines come as rows with selection 'baseline'."""
+    keys = ["seed", "selection", "method", "scope", "retention"]
+    grouped = results.groupby(keys, sort=False, dropna=False)
+    table = grouped.agg(
+        accuracy=("accuracy", "mean"),
+        ci_low=("ci_low", "first"),
+        ci_high=("ci_high", "first"),
+        draws_sd=("accuracy", "std"),
+        n_draws=("accuracy", "size"),
+        macro_f1=("macro_f1", "mean"),
+        balanced_accuracy=("balanced_accuracy", "mean"),
+        n_kept=("n_kept", "mean"),
+        n_effective=("n_effective", "mean"),
+        n_total=("n_total", "first"),
+    ).reset_index()
+    drawn = table["n_draws"] > 1
+    table.loc[drawn, ["ci_low", "ci_high"]] = np.nan
+    table.loc[~drawn, "draws_sd"] = np.nan
     rows = []
-    for m in _load(finetune_paths):
-        rows.append(
-            {
-                "seed": int(m["seed"]),
-                "method": FULL_METHOD,
-                "retention": 1.0,
-                "accuracy": float(m["test"]["accuracy"]),
-                "macro_f1": float(m["test"].get("macro_f1", math.nan)),
-            }
-        )
-    for e in _load(evaluation_paths):
-        rows.append(
-            {
-                "seed": int(e["seed"]),
-                "method": str(e["method"]),
-                "retention": float(e["retention"]),
-                "accuracy": float(e["test"]["accuracy"]),
-                "macro_f1": float(e["test"].get("macro_f1", math.nan)),
-            }
-        )
-    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    dup = df.duplicated(["seed", "method", "retention"], keep=False)
-    if dup.any():
-        keys = df.loc[dup, ["seed", "method", "retention"]].drop_duplicates()
-        raise ValueError(
-            f"duplicate (seed, method, retention) rows:\n{keys.to_string(index=False)}"
-        )
-    df = df.astype({"seed": "int64", "retention": "float64"})
-    df = df.sort_values(["retention", "seed"], ascending=[False, True])
-    return _sort_methods(df)
-
-
-def density_table(evaluation_paths: Iterable[PathLike]) -> pd.DataFrame:
-    """One row per (seed, method, retention, layer, module) with kept counts.
-
-    density = n_kept / n_neurons; enrichment = density / retention.
-    Warns if the cells' n_kept do not sum to the evaluation's n_kept.
-    """
-    rows = []
-    for e in _load(evaluation_paths):
-        seed, method, r = int(e["seed"]), str(e["method"]), float(e["retention"])
-        total = 0
-        for cell in e["kept"]:
-            n, k = int(cell["n_neurons"]), int(cell["n_kept"])
-            total += k
+    for seed, baseline in zip(seeds, baselines, strict=True):
+        for name in ("majority", "composition"):
+            b = baseline[name]
             rows.append(
                 {
                     "seed": seed,
-                    "method": method,
-                    "retention": r,
-                    "layer": int(cell["layer"]),
-                    "module": str(cell["module"]),
-                    "n_neurons": n,
-                    "n_kept": k,
+                    "selection": "baseline",
+                    "method": name,
+                    "scope": GLOBAL,
+                    "retention": np.nan,
+                    "accuracy": b["accuracy"],
+                    "ci_low": b["ci_low"],
+                    "ci_high": b["ci_high"],
+                    "n_draws": 1,
+                    "macro_f1": b.get("macro_f1", np.nan),
+                    "balanced_accuracy": b.get("balanced_accuracy", np.nan),
                 }
             )
-        if "n_kept" in e and int(e["n_kept"]) != total:
-            warnings.warn(
-                f"seed={seed} method={method} retention={r}: cells keep {total} neurons, "
-                f"JSON says n_kept={e['n_kept']}",
-                stacklevel=2,
-            )
-    df = pd.DataFrame(rows, columns=DENSITY_COLUMNS[:-2])
-    df = df.astype({"seed": "int64", "retention": "float64", "layer": "int64"})
-    df["density"] = (df["n_kept"] / df["n_neurons"]).astype("float64")
-    df["enrichment"] = (df["density"] / df["retention"]).astype("float64")
-    if df.empty:
-        return df[DENSITY_COLUMNS]
-    mods = module_order(df["module"])
-    df["_mod"] = pd.Categorical(df["module"], categories=mods, ordered=True)
-    df = df.sort_values(["retention", "seed", "layer", "_mod"], ascending=[False, True, True, True])
-    df = df.drop(columns="_mod")
-    return _sort_methods(df)[DENSITY_COLUMNS]
+    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
 
 
-def module_enrichment(density: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, retention, module): enrichment pooled over layers, then mean/sd over seeds.
+def summary_table(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Across seeds: mean accuracy with its 95% t-interval per (selection, method, scope,
+    retention), in the accuracy table's order."""
+    keys = ["selection", "method", "scope", "retention"]
+    rows = []
+    for key, group in accuracy.groupby(keys, sort=False, dropna=False):
+        mean, low, high = stats.mean_interval(group["accuracy"].to_numpy())
+        effective = (group["n_effective"] / group["n_kept"]).mean()
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "n_seeds": len(group),
+                "accuracy_mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "balanced_accuracy_mean": group["balanced_accuracy"].mean(),
+                "macro_f1_mean": group["macro_f1"].mean(),
+                "effective_fraction": effective,
+            }
+        )
+    return pd.DataFrame(rows)
 
-    Per seed: enrichment = (sum n_kept / sum n_neurons) / retention. sd uses ddof=1 (NaN for one
-    seed); min/max are given for plots with fewer than 3 seeds.
-    """
-    if density.empty:
-        return pd.DataFrame(columns=ENRICHMENT_COLUMNS)
-    # sort=False: methods stay in the order they come (the config's)
-    per_seed = density.groupby(
-        ["method", "retention", "module", "seed"], as_index=False, sort=False
-    )[["n_kept", "n_neurons"]].sum()
-    per_seed["enrichment"] = per_seed["n_kept"] / per_seed["n_neurons"] / per_seed["retention"]
-    agg = per_seed.groupby(["method", "retention", "module"], as_index=False, sort=False)[
-        "enrichment"
-    ].agg(
-        enrichment_mean="mean",
-        enrichment_sd=lambda s: s.std(ddof=1),
-        enrichment_min="min",
-        enrichment_max="max",
-        n_seeds="count",
+
+def _per_seed(accuracy: pd.DataFrame, selection: str, method: str, scope: str, r: float):
+    match = (
+        (accuracy["selection"] == selection)
+        & (accuracy["method"] == method)
+        & (accuracy["scope"] == scope)
+        & np.isclose(accuracy["retention"].fillna(-1), r)
     )
-    mods = module_order(agg["module"])
-    agg["_mod"] = pd.Categorical(agg["module"], categories=mods, ordered=True)
-    agg = agg.sort_values(["retention", "_mod"], ascending=[False, True]).drop(columns="_mod")
-    return _sort_methods(agg)[ENRICHMENT_COLUMNS]
+    return accuracy[match].set_index("seed")["accuracy"]
+
+
+def tests_table(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Paired tests across seeds: each method minus that seed's random mean (and matched-random
+    mean), globally and within each module type; Holm-corrected within each comparison."""
+    scored = accuracy[accuracy["selection"] == "scored"]
+    rows = []
+    for (method, scope, r), _ in scored.groupby(["method", "scope", "retention"], sort=False):
+        mine = _per_seed(accuracy, "scored", method, scope, r)
+        controls = [("random", RANDOM)]
+        if scope == GLOBAL:
+            controls.append(("matched", method))
+        for control, control_method in controls:
+            other = _per_seed(accuracy, control, control_method, scope, r)
+            diff = (mine - other).dropna()
+            if diff.empty:
+                continue
+            comparison = f"{control} random" if control == "matched" else "random"
+            if scope != GLOBAL:
+                comparison = "random within module"
+            test = stats.paired_test(diff.to_numpy())
+            rows.append(
+                {
+                    "comparison": f"{method} - {comparison}",
+                    "family": comparison,
+                    "method": method,
+                    "scope": scope,
+                    "retention": r,
+                    "n_seeds": test["n"],
+                    "mean_difference": test["mean"],
+                    "ci_low": test["ci_low"],
+                    "ci_high": test["ci_high"],
+                    "t": test["t"],
+                    "p": test["p"],
+                }
+            )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table.assign(p_holm=[], significant=[])
+    table["p_holm"] = table.groupby("family")["p"].transform(lambda p: stats.holm(p.to_numpy()))
+    table["significant"] = table["p_holm"] < ALPHA
+    return table
+
+
+def density_table(kept: pd.DataFrame) -> pd.DataFrame:
+    """Per (seed, method, retention, layer, module): kept and effective counts, density
+    (kept / units) and enrichment (density / overall kept fraction)."""
+    out = kept.copy()
+    totals = out.groupby(["seed", "method", "retention"])[["n_kept", "n_neurons"]].transform("sum")
+    out["density"] = out["n_kept"] / out["n_neurons"]
+    out["enrichment"] = out["density"] / (totals["n_kept"] / totals["n_neurons"])
+    return out
+
+
+def _pooled(kept: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, retention, seed, module): counts pooled over layers, plus the selection's
+    totals."""
+    per_module = kept.groupby(["method", "retention", "seed", "module"], sort=False)[
+        ["n_neurons", "n_kept", "n_effective"]
+    ].sum()
+    totals = per_module.groupby(["method", "retention", "seed"]).transform("sum")
+    per_module = per_module.join(totals, rsuffix="_all").reset_index()
+    per_module["enrichment"] = (per_module["n_kept"] / per_module["n_neurons"]) / (
+        per_module["n_kept_all"] / per_module["n_neurons_all"]
+    )
+    per_module["effective_enrichment"] = (
+        per_module["n_effective"] / per_module["n_effective_all"]
+    ) / (per_module["n_neurons"] / per_module["n_neurons_all"])
+    return per_module
+
+
+def enrichment_table(kept: pd.DataFrame, summary: pd.DataFrame, chance: float) -> pd.DataFrame:
+    """Per (method, retention, module type): enrichment with its 95% t-interval over seeds, the
+    exact p-value of the pooled kept count against same-size random selections (one-sided,
+    enriched; Holm over all rows), the fraction of kept units that can affect the output and
+    the enrichment counted over those effective units only. `at_chance`: the pruned model's
+    accuracy interval reaches the chance/majority level, so enrichment there is not evidence
+    that the model uses those units."""
+    pooled = _pooled(kept)
+    rows = []
+    for (method, r, module), g in pooled.groupby(["method", "retention", "module"], sort=False):
+        mean, low, high = stats.mean_interval(g["enrichment"].to_numpy())
+        eff_mean, eff_low, eff_high = stats.mean_interval(g["effective_enrichment"].to_numpy())
+        p = stats.pooled_enrichment_p(
+            g["n_kept"].to_numpy(),
+            g["n_neurons"].to_numpy(),
+            g["n_kept_all"].to_numpy(),
+            g["n_neurons_all"].to_numpy(),
+        )
+        accuracy = summary[
+            (summary["selection"] == "scored")
+            & (summary["method"] == method)
+            & (summary["scope"] == GLOBAL)
+            & np.isclose(summary["retention"], r)
+        ]
+        at_chance = bool(
+            not accuracy.empty
+            and (
+                accuracy["ci_low"].fillna(accuracy["accuracy_mean"]).iloc[0] <= chance
+                or accuracy["accuracy_mean"].iloc[0] <= chance
+            )
+        )
+        rows.append(
+            {
+                "method": method,
+                "retention": r,
+                "module": module,
+                "n_seeds": len(g),
+                "enrichment_mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "p": p,
+                "effective_fraction": (g["n_effective"] / g["n_kept"]).mean(),
+                "effective_enrichment_mean": eff_mean,
+                "effective_ci_low": eff_low,
+                "effective_ci_high": eff_high,
+                "at_chance": at_chance,
+            }
+        )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_holm"] = stats.holm(table["p"].to_numpy())
+    table["significant"] = table["p_holm"] < ALPHA
+    return table
+
+
+def focus_tests(pooled: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, retention): is FOCUS_MODULE more enriched than the runner-up module type?
+    Paired t-test over seeds of (k_proj - runner-up) enrichment; Holm over all rows."""
+    rows = []
+    for (method, r), g in pooled.groupby(["method", "retention"], sort=False):
+        wide = g.pivot(index="seed", columns="module", values="enrichment")
+        if FOCUS_MODULE not in wide.columns or wide.shape[1] < 2:
+            continue
+        means = wide.mean()
+        others = means.drop(FOCUS_MODULE)
+        runner_up = str(others.idxmax())
+        test = stats.paired_test((wide[FOCUS_MODULE] - wide[runner_up]).to_numpy())
+        rows.append(
+            {
+                "method": method,
+                "retention": r,
+                "highest": str(means.idxmax()),
+                "runner_up": runner_up,
+                "difference": test["mean"],
+                "ci_low": test["ci_low"],
+                "ci_high": test["ci_high"],
+                "p": test["p"],
+            }
+        )
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["p_holm"] = stats.holm(table["p"].to_numpy())
+    return table
 
 
 # ----------------------------------------------------------------------------- markdown
 
 
-def _pm(values: Sequence[float], digits: int = 3) -> str:
-    v = np.asarray([x for x in values if not pd.isna(x)], dtype=float)
-    if v.size == 0:
-        return "n/a"
-    if v.size == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
-
-
-def _pm_row(mean: float, sd: float, digits: int = 2) -> str:
-    if pd.isna(sd):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
-
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
+    return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
 
 
-def _header_lines(summary: pd.DataFrame, metrics: list[dict]) -> list[str]:
-    """Title, seeds, full-model accuracy per seed, and chance / majority baseline / test size."""
-    full = summary[summary["method"] == FULL_METHOD].sort_values("seed")
-    seeds = sorted(set(summary["seed"]) | {int(m["seed"]) for m in metrics})
-    lines = ["# Pruning summary", ""]
-    lines.append(f"Seeds: {len(seeds)} ({', '.join(str(s) for s in seeds)}).")
-    if not full.empty:
-        per_seed = ", ".join(
-            f"seed {s}: {a:.3f}" for s, a in zip(full["seed"], full["accuracy"], strict=True)
-        )
-        lines.append(
-            f"Full model test accuracy: {_pm(full['accuracy'].tolist())} "
-            f"(mean ± sd over {len(full)} seeds; {per_seed})."
-        )
-    if metrics:
-        chance = float(np.mean([m["chance"] for m in metrics]))
-        n_classes = len(metrics[0].get("classes", []))
-        cls = f", 1/{n_classes} classes" if n_classes else ""
-        line = f"Chance accuracy: {chance:.3f}{cls}."
-        if all("majority_baseline" in m for m in metrics):
-            maj = float(np.mean([m["majority_baseline"] for m in metrics]))
-            line += f" Majority-class baseline: {maj:.3f}."
-        n_test = {m["test"].get("n") for m in metrics} - {None}
-        if len(n_test) == 1:
-            line += f" Test set: {n_test.pop()} sequences."
-        lines.append(line)
-    lines.append("")
-    return lines
-
-
-def _accuracy_lines(summary: pd.DataFrame) -> list[str]:
-    """Section 'Test accuracy': a methods x retentions (descending) table, mean ± sd over seeds."""
-    lines = ["## Test accuracy (mean ± sd over seeds)", ""]
-    retentions = sorted(summary["retention"].unique(), reverse=True)
-    rows = []
-    for method in method_order(summary["method"]):
-        sub = summary[summary["method"] == method]
-        cells = []
-        for r in retentions:
-            acc = sub.loc[np.isclose(sub["retention"], r), "accuracy"].tolist()
-            cells.append(_pm(acc) if acc else "–")
-        rows.append([method, *cells])
-    lines += _md_table(["method", *(format_retention(r) for r in retentions)], rows)
-    lines.append("")
-    return lines
-
-
-def _kept_text(density: pd.DataFrame, r_min: float) -> str:
-    """'a–b of N scored neurons kept' at retention r_min; the range runs over seed x method jobs."""
-    d_min = density[np.isclose(density["retention"], r_min)]
-    per_job = d_min.groupby(["seed", "method"])[["n_kept", "n_neurons"]].sum()
-    kept_lo, kept_hi = int(per_job["n_kept"].min()), int(per_job["n_kept"].max())
-    n_scored = int(per_job["n_neurons"].max())
-    kept_range = f"{kept_lo}" if kept_lo == kept_hi else f"{kept_lo}–{kept_hi}"
-    return f"{kept_range} of {n_scored} scored neurons kept"
-
-
-def _focus_rank(means: pd.Series, k_val: float) -> tuple[int, int, str]:
-    """Competition rank of FOCUS_MODULE among the module means, its tie count, and as text."""
-    # competition rank: 1 + number of module types strictly above k_proj
-    rank = 1 + int((means > k_val + 1e-12).sum())
-    n_same = int(np.isclose(means, k_val).sum())
-    rank_txt = f"{rank} of {len(means)}" + (
-        f", tied with {n_same - 1} other{'s' if n_same > 2 else ''}" if n_same > 1 else ""
+def _summary_row(summary: pd.DataFrame, selection: str, method: str, scope: str, r: float):
+    match = (
+        (summary["selection"] == selection)
+        & (summary["method"] == method)
+        & (summary["scope"] == scope)
+        & np.isclose(summary["retention"].fillna(-1), r)
     )
-    return rank, n_same, rank_txt
+    return summary[match].iloc[0] if match.any() else None
 
 
-def _method_enrichment(method: str, sub: pd.DataFrame) -> tuple[list[str], str]:
-    """Enrichment-table row and yes/tied/no verdict of one method from its rows `sub` at one r."""
-    sub = sub.sort_values("enrichment_mean", ascending=False, kind="stable")
-    means = sub.set_index("module")["enrichment_mean"]
-    best = float(means.max())
-    tied = [m for m, v in means.items() if np.isclose(v, best)]
-    top = sub.iloc[0]
-    top_txt = ", ".join(tied)
-    if FOCUS_MODULE not in means.index:
-        k_txt, rank_txt = "n/a", "n/a"
-        verdict = f"{method}: {FOCUS_MODULE} not scored"
-    else:
-        k_row = sub[sub["module"] == FOCUS_MODULE].iloc[0]
-        k_val = float(k_row["enrichment_mean"])
-        k_txt = _pm_row(k_val, k_row["enrichment_sd"])
-        rank, n_same, rank_txt = _focus_rank(means, k_val)
-        others = means.drop(FOCUS_MODULE)
-        if rank == 1 and n_same == 1:
-            nxt = f", next {others.idxmax()} {others.max():.2f}" if len(others) else ""
-            verdict = f"{method}: yes ({FOCUS_MODULE} {k_val:.2f}{nxt})"
-        elif rank == 1:
-            verdict = f"{method}: tied ({top_txt} all {best:.2f})"
-        else:
-            verdict = (
-                f"{method}: no ({top_txt} {best:.2f}, {FOCUS_MODULE} {k_val:.2f}, rank {rank_txt})"
-            )
-    row = [method, top_txt, _pm_row(top["enrichment_mean"], top["enrichment_sd"]), k_txt, rank_txt]
-    return row, verdict
+def _cell(summary, selection, method, scope, r) -> str:
+    row = _summary_row(summary, selection, method, scope, r)
+    return "–" if row is None else _interval(row.accuracy_mean, row.ci_low, row.ci_high)
 
 
-def _enrichment_lines(rows: list[list[str]], r_min: float, kept_txt: str) -> list[str]:
-    """Section 'Module enrichment at the smallest retention': the per-method table of `rows`."""
+def _model_lines(summary: pd.DataFrame, accuracy: pd.DataFrame, chance: float) -> list[str]:
+    """Warnings first, then the full model against its baselines."""
+    full = _summary_row(summary, "full", FULL_METHOD, GLOBAL, 1.0)
+    lines = []
+    if full is None:
+        return lines
+    comparisons = []
+    for name in ("majority", "composition"):
+        b = _summary_row(summary, "baseline", name, GLOBAL, -1)
+        if b is None:
+            continue
+        # with one seed the across-seed interval is undefined: use that seed's bootstrap one
+        f_low = full.ci_low if not pd.isna(full.ci_low) else _single(accuracy, "full")[0]
+        b_high = b.ci_high if not pd.isna(b.ci_high) else _single(accuracy, name)[1]
+        comparisons.append((name, b, f_low <= b_high))
+    overlapping = [name for name, _, overlap in comparisons if overlap]
+    if overlapping:
+        lines += [
+            f"**Warning: the full model is not clearly better than the "
+            f"{' and '.join(overlapping)} baseline (95% intervals overlap). Pruning results of "
+            "such a model cannot show what it knows; read the rest with that in mind.**",
+            "",
+        ]
+    lines += ["## The full model and its baselines", ""]
+    rows = [["full model", _interval(full.accuracy_mean, full.ci_low, full.ci_high)]]
+    for name, b, _ in comparisons:
+        label = "majority class" if name == "majority" else "composition (residues + length)"
+        rows.append([f"{label} baseline", _interval(b.accuracy_mean, b.ci_low, b.ci_high)])
+    rows.append(["chance (1 / classes)", f"{chance:.3f}"])
+    lines += _md_table(["model", "test accuracy, mean [95% CI over seeds]"], rows)
+    per_seed = accuracy[accuracy["selection"] == "full"].sort_values("seed")
+    text = "; ".join(
+        f"seed {s}: {a:.3f} [{lo:.3f}, {hi:.3f}]"
+        for s, a, lo, hi in per_seed[["seed", "accuracy", "ci_low", "ci_high"]].itertuples(
+            index=False
+        )
+    )
+    lines += [f"Per seed (95% bootstrap interval over test sequences): {text}.", ""]
+    return lines
+
+
+def _single(accuracy: pd.DataFrame, method: str) -> tuple[float, float]:
+    row = accuracy[accuracy["method"] == method].iloc[0]
+    return float(row["ci_low"]), float(row["ci_high"])
+
+
+def _accuracy_lines(summary: pd.DataFrame, tests: pd.DataFrame, n_draws: dict) -> list[str]:
+    glob = summary[(summary["scope"] == GLOBAL) & summary["selection"].isin(["scored", "random"])]
+    ratios = sorted(glob["retention"].unique(), reverse=True)
+    methods = method_order(glob[glob["selection"] == "scored"]["method"])
     lines = [
-        f"## Module enrichment at the smallest retention ({format_retention(r_min)}; {kept_txt})",
+        "## Test accuracy of the pruned models",
         "",
-        "Enrichment = (neurons kept in the module type, pooled over layers / its neurons) "
-        "/ retention; 1 = kept in proportion to size. Mean ± sd over seeds.",
+        "Mean [95% t-interval over seeds]. Random: the mean of "
+        f"{n_draws.get('random', '?')} uniform selections per seed; matched random: "
+        f"{n_draws.get('matched', '?')} random selections per seed with the method's kept "
+        "count in every (layer, module).",
         "",
     ]
+    rows = []
+    for method in methods:
+        rows.append([method, *(_cell(summary, "scored", method, GLOBAL, r) for r in ratios)])
+        rows.append(
+            [
+                f"matched random ({method})",
+                *(_cell(summary, "matched", method, GLOBAL, r) for r in ratios),
+            ]
+        )
+    rows.append([RANDOM, *(_cell(summary, "random", RANDOM, GLOBAL, r) for r in ratios)])
+    lines += _md_table(["selection", *(format_retention(r) for r in ratios)], rows)
+    if tests.empty:
+        return lines
+    lines += [
+        "### Does a method beat random?",
+        "",
+        "Per seed, the method's accuracy minus the mean of that seed's random draws; mean "
+        "[95% t-interval], two-sided paired t-test over seeds (the seed is the replicate; with 5 "
+        "seeds a sign-flip or Wilcoxon test cannot go below p = 0.0625), Holm-corrected over "
+        f"methods x ratios within each comparison. Significant: Holm p < {ALPHA}.",
+        "",
+    ]
+    rows = []
+    glob_tests = tests[tests["scope"] == GLOBAL]
+    for t in glob_tests.itertuples(index=False):
+        verdict = "yes" if t.significant else "no"
+        direction = "above" if t.mean_difference > 0 else "below"
+        rows.append(
+            [
+                t.comparison,
+                format_retention(t.retention),
+                _interval(t.mean_difference, t.ci_low, t.ci_high),
+                _p(t.p_holm),
+                f"{verdict} ({direction})" if t.significant else "no",
+            ]
+        )
+    lines += _md_table(["comparison", "ratio", "difference", "Holm p", "significant"], rows)
+    return lines
+
+
+def _module_lines(summary: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
+    within = summary[summary["scope"] != GLOBAL]
+    if within.empty:
+        return []
+    lines = [
+        "## Within-module pruning",
+        "",
+        "Each module type alone pruned to the ratio (top units by each method, or at random), "
+        "every other module intact; mean test accuracy [95% t-interval over seeds]. The method - "
+        "random difference and its Holm p (over modules x ratios x methods) follow each cell.",
+        "",
+    ]
+    methods = method_order(within[within["selection"] == "scored"]["method"])
+    ratios = sorted(within["retention"].unique(), reverse=True)
+    rows = []
+    for module in module_order(within["scope"]):
+        for r in ratios:
+            row = [module, format_retention(r)]
+            for method in methods:
+                cell = _cell(summary, "scored", method, module, r)
+                t = tests[
+                    (tests["method"] == method)
+                    & (tests["scope"] == module)
+                    & np.isclose(tests["retention"], r)
+                ]
+                if not t.empty:
+                    t = t.iloc[0]
+                    star = " *" if t.significant else ""
+                    cell += f"; {t.mean_difference:+.3f}, p {_p(t.p_holm)}{star}"
+                row.append(cell)
+            row.append(_cell(summary, "random", RANDOM, module, r))
+            rows.append(row)
+    lines += _md_table(["module", "ratio", *methods, RANDOM], rows)
+    lines += ["\\* Holm p < 0.05.", ""]
+    return lines
+
+
+def _enrichment_lines(enrichment: pd.DataFrame, focus: pd.DataFrame, granularity: str):
+    if enrichment.empty:
+        return []
+    unit = "weights" if granularity == "weight" else "units"
+    lines = [
+        "## Where the kept units sit: enrichment per module type",
+        "",
+        f"Enrichment = (share of the module type's {unit} kept) / (share of all {unit} kept), "
+        "pooled over layers; mean [95% t-interval over seeds]. p: exact one-sided p of the "
+        "pooled kept count against same-size random selections (hypergeometric), Holm over "
+        "every row of results/enrichment.tsv. Effective: the share of kept units that can "
+        "affect the output (a q or k unit needs its partner k or q unit, a v unit in its head "
+        "and an out_proj unit in its layer; an fc1 unit needs an fc2 unit), and the "
+        "enrichment counted over effective units only.",
+        "",
+    ]
+    rows = []
+    for (method, r), g in enrichment.groupby(["method", "retention"], sort=False):
+        g = g.sort_values("enrichment_mean", ascending=False)
+        top = g.iloc[0]
+        k_rows = g[g["module"] == FOCUS_MODULE]
+        k = k_rows.iloc[0] if not k_rows.empty else None
+        k_txt = share = k_effective = "n/a"
+        if k is not None:
+            k_txt = f"{_interval(k.enrichment_mean, k.ci_low, k.ci_high, 2)}, p {_p(k.p_holm)}"
+            share = f"{k.effective_fraction:.2f}"
+            k_effective = _interval(
+                k.effective_enrichment_mean, k.effective_ci_low, k.effective_ci_high, 2
+            )
+        f = focus[(focus["method"] == method) & np.isclose(focus["retention"], r)]
+        verdict = "n/a"
+        if not f.empty:
+            f = f.iloc[0]
+            if f.highest != FOCUS_MODULE:
+                verdict = f"no ({f.highest} highest)"
+            elif f.p_holm < ALPHA:
+                verdict = f"yes (above {f.runner_up}, Holm p {_p(f.p_holm)})"
+            else:
+                verdict = f"not shown (highest; vs {f.runner_up} Holm p {_p(f.p_holm)})"
+        if bool(g["at_chance"].iloc[0]):
+            verdict += "; pruned model at chance: not evidence of use"
+        rows.append(
+            [
+                method,
+                format_retention(r),
+                f"{top.module} {top.enrichment_mean:.2f}",
+                k_txt,
+                share,
+                k_effective,
+                verdict,
+            ]
+        )
     lines += _md_table(
         [
             "method",
-            "most enriched module",
-            "its enrichment",
+            "ratio",
+            "most enriched",
             f"{FOCUS_MODULE} enrichment",
-            f"{FOCUS_MODULE} rank",
+            f"{FOCUS_MODULE} effective share",
+            f"{FOCUS_MODULE} effective enrichment",
+            f"{FOCUS_MODULE} most enriched?",
         ],
         rows,
     )
-    lines.append("")
-    return lines
-
-
-def _verdict_lines(verdicts: list[str], r_min: float, kept_txt: str, has_random: bool) -> list[str]:
-    """Section 'Is k_proj the most enriched module type?': one sentence of per-method verdicts."""
-    random_note = (
-        " Random selection has expected enrichment 1 for every module type by construction;"
-        " its deviations from 1 measure sampling noise."
-        if has_random
-        else ""
-    )
-    return [
-        f"## Is {FOCUS_MODULE} the most enriched module type?",
+    lines += [
+        f"'{FOCUS_MODULE} most enriched?': yes only when {FOCUS_MODULE} has the highest mean and "
+        "a paired t-test over seeds of its enrichment minus the runner-up's is significant "
+        "(Holm over methods x ratios).",
         "",
-        f"At retention {format_retention(r_min)} ({kept_txt}), is {FOCUS_MODULE} the module "
-        f"type with the highest mean enrichment? " + "; ".join(verdicts) + "." + random_note,
+        "Note: scaling a layer's q_proj or k_proj output by alpha scales the attention logits by "
+        "alpha either way, so IG's q_proj and k_proj totals of one layer are equal for any "
+        "quadrature rule; a q-vs-k difference in IG lives only in how that total is spread over "
+        "units.",
         "",
     ]
+    return lines
 
 
 def summary_markdown(
     summary: pd.DataFrame,
-    density: pd.DataFrame,
-    finetune_metrics: Iterable,
+    accuracy: pd.DataFrame,
+    tests: pd.DataFrame,
+    enrichment: pd.DataFrame,
+    focus: pd.DataFrame,
+    *,
+    chance: float,
+    n_draws: dict,
     granularity: str = "unit",
 ) -> str:
-    """The page a person reads first. `finetune_metrics`: paths or parsed dicts (one per seed).
-    granularity="weight": the scores, selections and counts are of weights, and it says so."""
-    metrics = sorted(_load(finetune_metrics), key=lambda m: int(m["seed"]))
-    lines = _header_lines(summary, metrics)
+    """The page a person reads first."""
+    seeds = sorted(accuracy["seed"].unique())
+    lines = [
+        "# Pruning summary",
+        "",
+        f"Seeds: {len(seeds)} ({', '.join(str(s) for s in seeds)}); each seed is an independent "
+        "replicate (split, initialisation, training, scoring subset, random draws).",
+        "",
+    ]
     if granularity == "weight":
         lines += [
             "Granularity: per weight. Every weight of a scored Linear module was scored, kept or "
-            "zeroed (biases kept); below, a kept 'neuron' is one weight and a module's "
-            "'neurons' are its weights.",
+            "zeroed (biases kept); a kept 'unit' below is one weight.",
             "",
         ]
-    lines += _accuracy_lines(summary)
-    enr = module_enrichment(density)
-    if not enr.empty:
-        # the enrichment and verdict sections look at the smallest retention only
-        r_min = float(enr["retention"].min())
-        at = enr[np.isclose(enr["retention"], r_min)]
-        kept_txt = _kept_text(density, r_min)
-        rows, verdicts = [], []
-        for method in method_order(at["method"]):
-            row, verdict = _method_enrichment(method, at[at["method"] == method])
-            rows.append(row)
-            verdicts.append(verdict)
-        lines += _enrichment_lines(rows, r_min, kept_txt)
-        lines += _verdict_lines(verdicts, r_min, kept_txt, "random" in set(at["method"]))
+    lines += _model_lines(summary, accuracy, chance)
+    lines += _accuracy_lines(summary, tests, n_draws)
+    lines += _module_lines(summary, tests[tests["scope"] != GLOBAL] if len(tests) else tests)
+    lines += _enrichment_lines(enrichment, focus, granularity)
     return "\n".join(lines)
 
 
 def write_outputs(
     finetune_paths: Sequence[PathLike],
-    evaluation_paths: Sequence[PathLike],
-    summary_tsv: PathLike,
-    density_tsv: PathLike,
-    summary_md: PathLike,
+    result_paths: Sequence[PathLike],
+    kept_paths: Sequence[PathLike],
+    baseline_paths: Sequence[PathLike],
+    outputs: dict[str, PathLike],
 ) -> None:
-    """Build the three outputs and write each atomically."""
-    finetune = _load(finetune_paths)
-    evaluations = _load(evaluation_paths)
-    summary = summary_table(finetune, evaluations)
-    density = density_table(evaluations)
-    granularities = {e.get("granularity", "unit") for e in evaluations}
+    """Build every table and the markdown page; write each atomically. `outputs` keys:
+    accuracy, summary, tests, enrichment, density, markdown."""
+    metrics = [read_json(p) for p in finetune_paths]
+    seeds = [int(m["seed"]) for m in metrics]
+    results = pd.concat([pd.read_csv(p, sep="\t") for p in result_paths], ignore_index=True)
+    kept = pd.concat([pd.read_csv(p, sep="\t") for p in kept_paths], ignore_index=True)
+    baselines = [read_json(p) for p in baseline_paths]
+    granularities = set(results.pop("granularity")) if "granularity" in results else {"unit"}
     if len(granularities) > 1:
         raise ValueError(f"evaluations mix granularities {sorted(granularities)}")
-    text = summary_markdown(
-        summary, density, finetune, granularities.pop() if evaluations else "unit"
+    accuracy = accuracy_table(results, baselines, seeds)
+    summary = summary_table(accuracy)
+    tests = tests_table(accuracy)
+    chance = max(
+        float(np.mean([m["chance"] for m in metrics])),
+        float(np.mean([b["majority"]["accuracy"] for b in baselines])),
     )
-    write_tsv(summary, summary_tsv)
-    write_tsv(density, density_tsv)
-    with atomic_path(summary_md) as tmp:
+    enrichment = enrichment_table(kept, summary, chance)
+    focus = focus_tests(_pooled(kept)) if not kept.empty else pd.DataFrame()
+    draws = results.groupby(["seed", "selection", "method", "scope", "retention"]).size()
+    n_draws = {
+        name: int(draws.xs(name, level="selection").max())
+        for name in ("random", "matched")
+        if name in draws.index.get_level_values("selection")
+    }
+    text = summary_markdown(
+        summary,
+        accuracy,
+        tests,
+        enrichment,
+        focus,
+        chance=chance,
+        n_draws=n_draws,
+        granularity=granularities.pop(),
+    )
+    write_tsv(accuracy, outputs["accuracy"])
+    write_tsv(summary, outputs["summary"])
+    write_tsv(tests, outputs["tests"])
+    write_tsv(enrichment, outputs["enrichment"])
+    write_tsv(density_table(kept), outputs["density"])
+    with atomic_path(outputs["markdown"]) as tmp:
         tmp.write_text(text + "\n")

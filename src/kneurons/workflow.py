@@ -12,6 +12,7 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 # torch and the modules that need it are imported inside the steps that use them, so the data
@@ -19,7 +20,7 @@ import pandas as pd
 from kneurons import data, io
 from kneurons.errors import UserError
 
-TORCH_FREE_STEPS = {"download", "split"}
+TORCH_FREE_STEPS = {"download", "split", "baselines", "aggregate", "plots"}
 
 log = logging.getLogger("kneurons")
 
@@ -164,8 +165,9 @@ def prepare_model(input, output, params, wildcards) -> None:
     name = params["name"]
     if name == "tiny":
         t = params["tiny"]
+        # each seed gets its own backbone initialisation
         esm2 = model.build_tiny_esm2(
-            t["num_layers"], t["embed_dim"], t["attention_heads"], t["seed"]
+            t["num_layers"], t["embed_dim"], t["attention_heads"], int(wildcards["seed"])
         )
         log.info("built a tiny ESM-2: %s", model.esm_config(esm2))
         model.save_esm_checkpoint(esm2, output.checkpoint)
@@ -242,70 +244,86 @@ def merge_scores(input, output, params, wildcards) -> None:
 
 
 def evaluate(input, output, params, wildcards) -> None:
-    """Keep the top fraction of scored neurons, ablate the rest, measure the test split."""
-    import torch
+    """Every pruned model of one seed (methods, random and matched-random controls,
+    within-module pruning) on the test split, in one process: `kneurons.evaluation`."""
+    from kneurons import evaluation, model
 
-    from kneurons import model, selection, train
-
-    ratio = float(wildcards["ratio"])
+    seed = int(wildcards["seed"])
     device = model.pick_device(params["device"])
     classifier, meta = model.load_classifier(input.model, device)
-    scores = pd.read_csv(input.scores, sep="\t")
-    selected = selection.select(scores, ratio, params["normalize"])
-    test = data.read_labelled(input.split).query("split == 'test'")
-    with torch.no_grad():
-        metrics = train.evaluate(
-            classifier,
-            test,
-            meta["classes"],
-            batch_size=params["batch_size"],
-            max_length=meta["max_length"],
-            keep=selection.keep_masks(selected),
-        )
-    kept = selection.kept_counts(selected)
-    result = {
-        "seed": int(wildcards["seed"]),
-        "method": wildcards["method"],
-        "retention": ratio,
-        "normalize": params["normalize"],
-        "granularity": "weight" if "input" in scores.columns else "unit",
-        "device": str(device),
-        "n_neurons_total": int(len(selected)),
-        "n_kept": int(selected["kept"].sum()),
-        "test": metrics,
-        "kept": kept,
+    scores = {
+        method: pd.read_csv(path, sep="\t")
+        for method, path in zip(params["methods"], input.scores, strict=True)
     }
-    log.info(
-        "%s at %.4g: kept %d of %d, test accuracy %.4f",
-        wildcards["method"],
-        ratio,
-        result["n_kept"],
-        result["n_neurons_total"],
-        metrics["accuracy"],
+    settings = evaluation.SweepSettings(
+        ratios=tuple(params["retention_ratios"]),
+        random_draws=params["random_draws"],
+        control_draws=params["control_draws"],
+        module_ratios=tuple(params["module_ratios"]),
+        normalize=params["normalize"],
+        bootstrap=params["bootstrap"],
+        batch_size=params["batch_size"],
     )
-    io.write_json(result, output.metrics)
+    test = data.read_labelled(input.split).query("split == 'test'")
+    log.info("evaluating on %d test sequences (%s)", len(test), device)
+    results, kept = evaluation.evaluate_seed(
+        classifier,
+        test,
+        meta["classes"],
+        scores,
+        settings,
+        seed=seed,
+        max_length=meta["max_length"],
+    )
+    granularity = "weight" if "input" in next(iter(scores.values())).columns else "unit"
+    io.write_tsv(results.assign(granularity=granularity), output.results)
+    io.write_tsv(kept, output.kept)
+
+
+def baselines(input, output, params, wildcards) -> None:
+    """Majority-class and composition baselines of one split, with bootstrap intervals."""
+    from kneurons import baselines as baseline_models
+    from kneurons import stats
+
+    split_table = data.read_labelled(input.split)
+    result = {}
+    for name, fit in (
+        ("majority", baseline_models.majority_baseline),
+        ("composition", baseline_models.composition_baseline),
+    ):
+        if name == "majority":
+            metrics = fit(split_table)
+        else:
+            metrics = fit(split_table, sorted(split_table["ec_class"].unique()), seed=0)
+        correct = np.asarray(metrics.pop("correct"), dtype=float)
+        low, high = stats.bootstrap_ci(correct, n_boot=params["bootstrap"], seed=0)
+        result[name] = {**metrics, "ci_low": low, "ci_high": high}
+        log.info(
+            "%s baseline: test accuracy %.3f [%.3f, %.3f]", name, metrics["accuracy"], low, high
+        )
+    result["n_test"] = int((split_table["split"] == "test").sum())
+    result["n_classes"] = int(split_table["ec_class"].nunique())
+    io.write_json(result, output.baselines)
 
 
 # --- report -----------------------------------------------------------------------------
 
 
 def aggregate(input, output, params, wildcards) -> None:
-    """Summary tables and the markdown summary over seeds, methods and retentions."""
+    """Tables with intervals and tests, and the markdown summary, over seeds (`report`)."""
     from kneurons import report
 
     report.write_outputs(
         list(input.finetune),
-        list(input.evaluations),
-        output.summary,
-        output.density,
-        output.markdown,
+        list(input.results),
+        list(input.kept),
+        list(input.baselines),
+        {key: output[key] for key in report.OUTPUT_KEYS},
     )
 
 
 def plots(input, output, params, wildcards) -> None:
-    """The four figures, PNG and PDF."""
+    """The figures, PNG and PDF."""
     from kneurons import plots as plotting
 
-    plotting.make_all_plots(
-        input.summary, input.density, list(input.finetune), Path(output[0]).parent, params
-    )
+    plotting.make_all_plots(input, Path(output[0]).parent, params)

@@ -168,13 +168,31 @@ def code_version(*names):
     return f"{'+'.join(sorted(seen))}:{digest.hexdigest()[:12]}"
 
 
-def model_checkpoint():
+def model_checkpoint(wildcards):
+    """The backbone a seed fine-tunes: its own tiny initialisation, or the configured model."""
     name = config["model"]["name"]
     if name.endswith(".pt"):
         return name
     if name == "tiny":
-        return "resources/models/esm2_tiny.pt"
+        return f"resources/models/esm2_tiny_seed{wildcards.seed}.pt"
     return f"resources/models/{name}.pt"
+
+
+def split_name(seed):
+    """Each seed's own split, or the one shared split (split.shared)."""
+    return "shared" if config["split"]["shared"] else f"seed{seed}"
+
+
+def split_table(wildcards):
+    return f"results/data/split/{split_name(wildcards.seed)}.tsv"
+
+
+def split_settings(wildcards):
+    """The split's fractions and its seed: the run seed's, or split.seed for the shared one."""
+    fractions = {k: config["split"][k] for k in ("train", "validation", "test")}
+    name = wildcards.split
+    seed = config["split"]["seed"] if name == "shared" else int(name.removeprefix("seed"))
+    return settings(fractions, seed=seed, code=code_version("data"))
 
 
 def num_layers():
@@ -236,7 +254,7 @@ def scoring_inputs(wildcards):
     """The fine-tuned model; the split too when the method runs the model on sequences."""
     inputs = {"model": rules.finetune.output.model.format(seed=wildcards.seed)}
     if METHOD_REGISTRY[wildcards.method].needs_model_pass:
-        inputs["split"] = rules.split.output.split
+        inputs["split"] = split_table(wildcards)
     return inputs
 
 
@@ -265,17 +283,33 @@ def layer_tables(wildcards):
     )
 
 
-def evaluation_files():
-    return expand(
-        "results/evaluation/seed{seed}/{method}/retention{ratio}.json",
-        seed=SEEDS,
-        method=METHODS,
-        ratio=RATIOS,
+def seed_scores(wildcards):
+    """The seed's score tables, in the order of scoring.methods."""
+    return expand("results/scores/seed{seed}/{method}.tsv", seed=wildcards.seed, method=METHODS)
+
+
+def evaluation_settings():
+    """The sweep's settings, the methods (in order) and the code that decides the numbers."""
+    return settings(
+        {k: v for k, v in config["sweep"].items() if k != "device"},
+        device=config["sweep"]["device"],
+        methods=METHODS,
+        normalize=config["scoring"]["normalize"],
+        code=code_version("evaluation"),
     )
 
 
+def seed_files(pattern):
+    return expand(pattern, seed=SEEDS)
+
+
+def baseline_files():
+    """Each seed's split baselines, in seed order (one file repeated for a shared split)."""
+    return [f"results/baselines/{split_name(seed)}.json" for seed in SEEDS]
+
+
 def finetune_metrics():
-    return expand("results/finetune/seed{seed}/metrics.json", seed=SEEDS)
+    return seed_files("results/finetune/seed{seed}/metrics.json")
 
 
 PLOTS = [
@@ -283,6 +317,7 @@ PLOTS = [
     "density_heatmaps",
     "enrichment_heatmaps",
     "module_enrichment",
+    "module_pruning",
 ]
 
 
@@ -297,7 +332,10 @@ def plot_outputs():
 
 def final_outputs():
     return [
+        "results/accuracy.tsv",
         "results/summary.tsv",
+        "results/tests.tsv",
+        "results/enrichment.tsv",
         "results/density.tsv",
         "results/summary.md",
         *expand("results/plots/{plot}.{ext}", plot=PLOTS, ext=["png", "pdf"]),

@@ -18,18 +18,43 @@ rule download:
         "../scripts/download.py"
 
 
+# One split per seed (split.shared: one for all), named seed<N> or shared.
 rule split:
     input:
         table=rules.download.output.table,
     output:
-        split="results/data/split.tsv",
+        split="results/data/split/{split}.tsv",
     log:
-        "results/logs/split.log",
+        "results/logs/split/{split}.log",
     benchmark:
-        "results/benchmarks/split.tsv"
+        "results/benchmarks/split/{split}.tsv"
+    wildcard_constraints:
+        split=r"seed\d+|shared",
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=settings(config["split"], code=code_version("data")),
+        settings=split_settings,
     script:
         "../scripts/split.py"
+
+
+# Controls that need no model: the majority class and residue composition + length.
+rule baselines:
+    input:
+        split=rules.split.output.split,
+    output:
+        baselines="results/baselines/{split}.json",
+    log:
+        "results/logs/baselines/{split}.log",
+    benchmark:
+        "results/benchmarks/baselines/{split}.tsv"
+    wildcard_constraints:
+        split=r"seed\d+|shared",
+    conda:
+        "../../envs/kneurons.yaml"
+    params:
+        settings=settings(
+            bootstrap=config["sweep"]["bootstrap"], code=code_version("baselines", "stats")
+        ),
+    script:
+        "../scripts/baselines.py"

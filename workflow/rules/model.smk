@@ -1,11 +1,12 @@
+# The tiny backbone: one random initialisation per seed.
 rule prepare_model:
     output:
-        checkpoint="resources/models/esm2_tiny.pt",
-        regression="resources/models/esm2_tiny-contact-regression.pt",
+        checkpoint="resources/models/esm2_tiny_seed{seed}.pt",
+        regression="resources/models/esm2_tiny_seed{seed}-contact-regression.pt",
     log:
-        "results/logs/prepare_model.log",
+        "results/logs/prepare_model/seed{seed}.log",
     benchmark:
-        "results/benchmarks/prepare_model.tsv"
+        "results/benchmarks/prepare_model/seed{seed}.tsv"
     conda:
         "../../envs/kneurons.yaml"
     params:
@@ -42,8 +43,8 @@ rule fetch_pretrained_model:
 
 rule finetune:
     input:
-        checkpoint=model_checkpoint(),
-        split=rules.split.output.split,
+        checkpoint=model_checkpoint,
+        split=split_table,
     output:
         model="results/finetune/seed{seed}/model.pt",
         metrics="results/finetune/seed{seed}/metrics.json",

@@ -57,25 +57,25 @@ rule score:
         "../scripts/score.py"
 
 
+# Every pruned model of a seed in one job: one model load, many cheap evaluations.
 rule evaluate:
     input:
         model=rules.finetune.output.model,
-        split=rules.split.output.split,
-        scores=scores_table,
+        split=split_table,
+        scores=seed_scores,
     output:
-        metrics="results/evaluation/seed{seed}/{method}/retention{ratio}.json",
+        results="results/evaluation/seed{seed}/results.tsv",
+        kept="results/evaluation/seed{seed}/kept.tsv",
     log:
-        "results/logs/evaluate/seed{seed}/{method}/retention{ratio}.log",
+        "results/logs/evaluate/seed{seed}.log",
     benchmark:
-        "results/benchmarks/evaluate/seed{seed}/{method}/retention{ratio}.tsv"
+        "results/benchmarks/evaluate/seed{seed}.tsv"
     conda:
         "../../envs/kneurons.yaml"
+    threads: 1
+    resources:
+        gpu=1 if config["sweep"]["device"].startswith("cuda") else 0,
     params:
-        settings=settings(
-            normalize=config["scoring"]["normalize"],
-            batch_size=config["sweep"]["batch_size"],
-            device=config["sweep"]["device"],
-            code=code_version("model", "train", "selection"),
-        ),
+        settings=evaluation_settings(),
     script:
         "../scripts/evaluate.py"

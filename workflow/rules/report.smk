@@ -1,10 +1,21 @@
 rule aggregate:
     input:
         finetune=finetune_metrics(),
-        evaluations=evaluation_files(),
+        results=seed_files("results/evaluation/seed{seed}/results.tsv"),
+        kept=seed_files("results/evaluation/seed{seed}/kept.tsv"),
+        baselines=baseline_files(),
     output:
+        accuracy=report(
+            "results/accuracy.tsv", caption="../report/accuracy.rst", category="Tables"
+        ),
         summary=report(
             "results/summary.tsv", caption="../report/summary.rst", category="Tables"
+        ),
+        tests=report("results/tests.tsv", caption="../report/tests.rst", category="Tables"),
+        enrichment=report(
+            "results/enrichment.tsv",
+            caption="../report/enrichment.rst",
+            category="Tables",
         ),
         density=report(
             "results/density.tsv", caption="../report/density.rst", category="Tables"
@@ -24,7 +35,10 @@ rule aggregate:
 
 rule plots:
     input:
+        accuracy=rules.aggregate.output.accuracy,
         summary=rules.aggregate.output.summary,
+        tests=rules.aggregate.output.tests,
+        enrichment=rules.aggregate.output.enrichment,
         density=rules.aggregate.output.density,
         finetune=finetune_metrics(),
     output:

@@ -17,7 +17,7 @@ from kneurons.methods.base import ScoringInputs, ScoringMethod
 __all__ = ["REGISTRY", "ScoringInputs", "ScoringMethod", "get"]
 
 # The methods the paper compared first; the rest follow alphabetically.
-ORDER = ("ig", "activation", "random")
+ORDER = ("ig", "activation")
 
 
 def _discover() -> dict[str, ScoringMethod]:

@@ -1,0 +1,3 @@
+from kneurons.workflow import baselines, run
+
+run(snakemake, baselines)  # noqa: F821 - injected by Snakemake
