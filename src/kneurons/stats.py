@@ -1,0 +1,242 @@
+"""Statistics for the summary, without torch: bootstrap and Student-t intervals, the paired
+t-test across seeds, Holm's correction, the hypergeometric null of module-type enrichment and
+the kept units that can still reach the model's output."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+ALTERNATIVES = ("greater", "less", "two-sided")
+
+
+# --- intervals and tests ---------------------------------------------------------------------
+
+
+def bootstrap_means(values: Sequence[float], resample_indices: np.ndarray) -> np.ndarray:
+    """The mean of `values` over each row of `resample_indices` (n_boot, n): one bootstrap
+    replicate of the mean per row."""
+    return np.asarray(values, dtype=float)[np.asarray(resample_indices)].mean(axis=1)
+
+
+def percentile_interval(samples: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of `samples`: its (1 - level) / 2 and (1 + level) / 2
+    quantiles, interpolating linearly between order statistics (numpy's default)."""
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(np.asarray(samples, dtype=float), [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_ci(
+    values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of a 1-D sample (e.g. per-sequence 0/1
+    correctness): `n_boot` resamples of the elements with replacement, drawn from
+    `numpy.random.default_rng(seed)`, so the same inputs give the same interval."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"need a non-empty 1-D sample, got shape {values.shape}")
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, len(values), size=(n_boot, len(values)))
+    return percentile_interval(bootstrap_means(values, indices), level)
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the Student-t interval of the mean (e.g. across seeds). One value
+    has no spread to estimate: (value, nan, nan)."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"need a non-empty 1-D sample, got shape {values.shape}")
+    mean = float(values.mean())
+    n = len(values)
+    if n == 1:
+        return mean, math.nan, math.nan
+    half_width = sps.t.ppf((1 + level) / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
+    return mean, float(mean - half_width), float(mean + half_width)
+
+
+def paired_test(differences: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """Two-sided one-sample t-test of per-seed differences against 0 (scipy's ttest_1samp)
+    and their Student-t interval: {mean, ci_low, ci_high, t, p, n}.
+
+    Why a t-test: with 5 seeds a sign-flip permutation test or Wilcoxon's signed-rank test
+    cannot go below p = 2 / 2**5 = 0.0625, however consistent the differences; the t-test can
+    reach p < 0.01. It assumes the per-seed differences are roughly normal.
+    All-equal differences have no variance (scipy would warn and give nan): p = 0 when they
+    are not 0 (t = +-inf), else p = 1 (t = 0). Fewer than 2 differences: t = p = nan.
+    """
+    differences = np.asarray(differences, dtype=float)
+    mean, low, high = mean_interval(differences, level)
+    n = len(differences)
+    if n < 2:
+        t, p = math.nan, math.nan
+    elif np.all(differences == differences[0]):
+        t = math.copysign(math.inf, mean) if mean != 0 else 0.0
+        p = 0.0 if mean != 0 else 1.0
+    else:
+        result = sps.ttest_1samp(differences, 0.0)
+        t, p = float(result.statistic), float(result.pvalue)
+    return {"mean": mean, "ci_low": low, "ci_high": high, "t": t, "p": p, "n": n}
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values, in the input's order: the i-th smallest of m is
+    multiplied by m - i + 1 (i from 1), made non-decreasing in that order and capped at 1.
+    NaN entries are not tests: they do not count in m and stay NaN."""
+    pvalues = np.asarray(pvalues, dtype=float)
+    adjusted = np.full(pvalues.shape, math.nan)
+    tested = ~np.isnan(pvalues)
+    p = pvalues[tested]
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    stepped = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    ranked = np.empty(m)
+    ranked[order] = np.minimum(stepped, 1.0)
+    adjusted[tested] = ranked
+    return adjusted
+
+
+# --- enrichment under random selection ---------------------------------------------------------
+
+
+def hypergeom_pmf(n_type: int, n_kept: int, n_total: int) -> tuple[int, np.ndarray]:
+    """(offset, pmf): P(k = offset + i) = pmf[i] for k, the units of a type with `n_type` of
+    `n_total` units that a uniformly random selection of `n_kept` units keeps. Only the
+    entries that do not underflow to 0 are kept, so far tails cost nothing to convolve."""
+    if not 0 <= n_type <= n_total or not 0 <= n_kept <= n_total:
+        raise ValueError(f"need 0 <= n_type, n_kept <= n_total; got {n_type}, {n_kept}, {n_total}")
+    support = np.arange(max(0, n_kept - (n_total - n_type)), min(n_type, n_kept) + 1)
+    pmf = sps.hypergeom.pmf(support, n_total, n_type, n_kept)
+    nonzero = np.flatnonzero(pmf)
+    return int(support[nonzero[0]]), pmf[nonzero[0] : nonzero[-1] + 1]
+
+
+def tail_p(offset: int, pmf: np.ndarray, k: int, alternative: str = "greater") -> float:
+    """P(K >= k) ("greater"), P(K <= k) ("less") or, "two-sided", the probability of every
+    outcome no more likely than k (Fisher's exact test's rule, with its 1e-7 relative
+    tolerance for ties), for K distributed as `pmf` from `offset` (see hypergeom_pmf)."""
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"unknown alternative {alternative!r}; expected {', '.join(ALTERNATIVES)}")
+    i = k - offset
+    if alternative == "greater":
+        p = pmf[max(i, 0) :].sum()
+    elif alternative == "less":
+        p = pmf[: max(i + 1, 0)].sum()
+    else:
+        observed = pmf[i] if 0 <= i < len(pmf) else 0.0
+        p = pmf[pmf <= observed * (1 + 1e-7)].sum()
+    return float(min(p, 1.0))  # rounding can push a sum of all terms past 1
+
+
+def enrichment_p(
+    k: int, n_type: int, n_kept: int, n_total: int, alternative: str = "greater"
+) -> float:
+    """Exact p-value of keeping `k` of the `n_type` units of a module type when `n_kept` of
+    `n_total` units are kept, against a uniformly random selection of the same size
+    (hypergeometric). "greater": enrichment, "less": depletion."""
+    if not 0 <= k <= min(n_type, n_kept):
+        raise ValueError(f"k = {k} is impossible with n_type = {n_type}, n_kept = {n_kept}")
+    return tail_p(*hypergeom_pmf(n_type, n_kept, n_total), k, alternative)
+
+
+def pooled_enrichment_p(
+    ks: Sequence[int],
+    n_types: Sequence[int],
+    n_kepts: Sequence[int],
+    n_totals: Sequence[int],
+    alternative: str = "greater",
+) -> float:
+    """Exact p-value of the sum of `ks` over seeds (one entry per seed), each k an independent
+    hypergeometric (see enrichment_p): one p per method, ratio and module type. The pmf of
+    the sum is the convolution of the seeds' pmfs, computed directly (sums of non-negative
+    terms keep tiny tail probabilities accurate, which an FFT would not)."""
+    if not len(ks) == len(n_types) == len(n_kepts) == len(n_totals) > 0:
+        raise ValueError("need the same non-zero number of ks, n_types, n_kepts and n_totals")
+    offset, pmf = 0, np.ones(1)
+    for k, n_type, n_kept, n_total in zip(ks, n_types, n_kepts, n_totals, strict=True):
+        if not 0 <= k <= min(n_type, n_kept):
+            raise ValueError(f"k = {k} is impossible with n_type = {n_type}, n_kept = {n_kept}")
+        seed_offset, seed_pmf = hypergeom_pmf(n_type, n_kept, n_total)
+        offset, pmf = offset + seed_offset, np.convolve(pmf, seed_pmf)
+    return tail_p(offset, pmf, int(sum(ks)), alternative)
+
+
+# --- units that can reach the output -----------------------------------------------------------
+
+
+def rotary_partner(units: np.ndarray, head_dim: int) -> np.ndarray:
+    """The unit each q/k unit is rotated with by ESM-2's rotary embedding: dimension d of a
+    head pairs with d + head_dim / 2 (fair-esm's rotate_half)."""
+    half = head_dim // 2
+    return units - units % head_dim + (units % head_dim + half) % head_dim
+
+
+def effective_masks(
+    keep: Mapping[tuple[int, str], np.ndarray],
+    num_layers: int,
+    embed_dim: int,
+    heads: int,
+    ffn_dim: int,
+) -> dict[tuple[int, str], np.ndarray]:
+    """The kept units (or weights) of `keep` that can still change the model's output.
+
+    `keep` maps (layer, module) to a boolean mask over the module's output units (units,) or
+    its weights (units, inputs); a module not in `keep` is intact. out_proj and fc2 units write
+    to the residual stream, so all of them count. An fc1 unit counts if an fc2 unit reads it;
+    a v unit if an out_proj unit reads it. A head's attention pattern (its q and k) matters
+    only if it mixes something that varies (a v unit with input weights) and is read by
+    out_proj. The attention logit is sum_d q'_d k'_d after the rotary embedding, which mixes
+    unit d of a head with its partner d + head_dim / 2, so a q unit also needs its k unit or
+    the partner's to be non-zero, and k the same with q. At unit level an ablated unit outputs
+    0 and "reads" means kept; per weight (ESM-2's Linears have biases, which pruning keeps) a
+    unit outputs its bias when none of its weights are kept: never 0, constant over positions,
+    and fc1 unit j (v unit j) is read only through a kept weight of input column j of fc2
+    (out_proj). Returns the masks of `keep`, same keys and shapes: kept AND effective.
+    """
+    head_dim = embed_dim // heads
+    units = {"q_proj": embed_dim, "k_proj": embed_dim, "v_proj": embed_dim}
+    units |= {"out_proj": embed_dim, "fc1": ffn_dim, "fc2": embed_dim}
+    for (layer, module), mask in keep.items():
+        if not 0 <= layer < num_layers or module not in units:
+            raise ValueError(f"unknown unit group ({layer}, {module!r})")
+        if np.shape(mask)[0] != units[module]:
+            raise ValueError(f"({layer}, {module}): {np.shape(mask)[0]} units, not {units[module]}")
+
+    def mask_of(layer, module):
+        return np.asarray(keep.get((layer, module), np.ones(units[module], bool)), dtype=bool)
+
+    def nonzero(mask):  # per unit: the output is not identically 0
+        return mask if mask.ndim == 1 else np.ones(len(mask), bool)
+
+    def varying(mask):  # per unit: the output depends on the input
+        return mask if mask.ndim == 1 else mask.any(axis=1)
+
+    def read_columns(mask, n_inputs):  # per input: some kept unit reads it
+        return np.full(n_inputs, mask.any()) if mask.ndim == 1 else mask.any(axis=0)
+
+    def layer_matters(layer):  # per module of `layer`: which units can change the output
+        masks = {module: mask_of(layer, module) for module in units}
+        v_read = read_columns(masks["out_proj"], embed_dim)
+        head_matters = (varying(masks["v_proj"]) & v_read).reshape(heads, head_dim).any(axis=1)
+        q_nonzero, k_nonzero = nonzero(masks["q_proj"]), nonzero(masks["k_proj"])
+        index = np.arange(embed_dim)
+        partner, head_of = rotary_partner(index, head_dim), index // head_dim
+        return {
+            "q_proj": head_matters[head_of] & (k_nonzero | k_nonzero[partner]),
+            "k_proj": head_matters[head_of] & (q_nonzero | q_nonzero[partner]),
+            "v_proj": v_read,
+            "out_proj": np.ones(embed_dim, bool),
+            "fc1": read_columns(masks["fc2"], ffn_dim),
+            "fc2": np.ones(embed_dim, bool),
+        }
+
+    matters = {layer: layer_matters(layer) for layer in {layer for layer, _ in keep}}
+    effective = {}
+    for (layer, module), mask in keep.items():
+        mask = np.asarray(mask, dtype=bool)
+        unit_matters = matters[layer][module]  # per weight: the weight's unit decides
+        effective[(layer, module)] = mask & unit_matters.reshape(-1, *[1] * (mask.ndim - 1))
+    return effective
