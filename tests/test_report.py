@@ -1,276 +1,262 @@
-"""Tests for kneurons.report and kneurons.plots on synthetic per-job JSON outputs."""
+"""Tests for kneurons.report and kneurons.plots on planted per-seed evaluation tables."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from kneurons import plots, report
+from kneurons.evaluation import KEPT_COLUMNS, RESULT_COLUMNS
 
-SEEDS = (0, 1, 2)
-METHODS = ("ig", "activation", "random")
-RETENTIONS = (0.5, 0.25, 0.1, 0.01)
-N_LAYERS = 3
+SEEDS = (0, 1, 2, 3, 4)
+RATIOS = (0.5, 0.1)
 MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-UNITS = 16
-# Planted in the fixture: each method's scores get a bonus in one module type. What the report
-# says about k_proj here only echoes this table; the tests check arithmetic and formatting.
-PREFERRED = {"ig": "k_proj", "activation": "fc1", "random": None}
+N_LAYERS, UNITS = 2, 20
+N_TOTAL = N_LAYERS * len(MODULES) * UNITS
+RANDOM_DRAWS, CONTROL_DRAWS = 4, 2
+# planted: "good" beats random by 0.2 at every ratio, "same" equals random up to noise
+OFFSET = {"good": 0.2, "same": 0.0}
 
 
-def _kept_cells(rng: np.random.Generator, method: str, r: float) -> tuple[list[dict], int]:
-    """Global top-r over noisy scores; the method's preferred module gets a score bonus."""
-    cells = [(layer, mod) for layer in range(N_LAYERS) for mod in MODULES]
-    scores = []
-    for _, mod in cells:
-        bonus = 1.0 if mod == PREFERRED[method] else 0.0
-        scores.append(rng.random(UNITS) + bonus)
-    flat = np.concatenate(scores)
-    n_total = flat.size
-    n_kept = max(1, int(round(r * n_total)))
-    keep = np.zeros(n_total, dtype=bool)
-    keep[np.argsort(-flat, kind="stable")[:n_kept]] = True
-    out = []
-    for i, (layer, mod) in enumerate(cells):
-        k = int(keep[i * UNITS : (i + 1) * UNITS].sum())
-        out.append({"layer": layer, "module": mod, "n_neurons": UNITS, "n_kept": k})
-    return out, n_kept
+def _row(seed, selection, method, scope, r, draw, accuracy, n_kept=np.nan):
+    return {
+        "seed": seed,
+        "selection": selection,
+        "method": method,
+        "scope": scope,
+        "retention": r,
+        "draw": draw,
+        "n_total": N_TOTAL,
+        "n_kept": n_kept,
+        "n_effective": n_kept * 0.8 if n_kept == n_kept else np.nan,
+        "accuracy": accuracy,
+        "ci_low": accuracy - 0.05,
+        "ci_high": accuracy + 0.05,
+        "macro_f1": accuracy,
+        "balanced_accuracy": accuracy,
+    }
 
 
-def _make_inputs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
-    rng = np.random.default_rng(123)
-    finetune, evaluations = [], []
-    for seed in SEEDS:
-        full_acc = 0.93 + 0.01 * seed
-        m = {
-            "seed": seed,
-            "classes": [1, 2, 3, 4, 5, 6],
-            "chance": 1 / 6,
-            "majority_baseline": 0.18,
-            "best_epoch": 7,
-            "history": [
+def _kept(seed, method, r, rng):
+    """Kept counts per cell: "good" puts twice its share in k_proj, "same" is proportional."""
+    n_kept = int(round(r * N_TOTAL))
+    weights = np.array([2.0 if (m == "k_proj" and method == "good") else 1.0 for m in MODULES])
+    rows = []
+    per_module = rng.multivariate_hypergeometric(np.full(len(MODULES), N_LAYERS * UNITS), n_kept)
+    if method == "good":  # move half of every other module's kept units to k_proj
+        k = MODULES.index("k_proj")
+        moved = 0
+        for i in range(len(MODULES)):
+            if i != k:
+                take = per_module[i] // 2
+                per_module[i] -= take
+                moved += take
+        per_module[k] = min(per_module[k] + moved, N_LAYERS * UNITS)
+    del weights
+    for i, module in enumerate(MODULES):
+        first = per_module[i] // 2
+        for layer, count in enumerate((first, per_module[i] - first)):
+            rows.append(
                 {
-                    "epoch": e,
-                    "train_loss": 1.0 / e,
-                    "train_accuracy": 0.5 + 0.05 * e,
-                    "val_loss": 1.1 / e,
-                    "val_accuracy": 0.5 + 0.04 * e,
-                }
-                for e in range(1, 9)
-            ],
-            "test": {
-                "accuracy": full_acc,
-                "macro_f1": full_acc - 0.01,
-                "per_class_accuracy": {str(c): full_acc for c in range(1, 7)},
-                "n": 180,
-            },
-        }
-        p = tmp_path / "finetune" / f"seed{seed}" / "metrics.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(m))
-        finetune.append(p)
-        for method in METHODS:
-            for r in RETENTIONS:
-                kept, n_kept = _kept_cells(rng, method, r)
-                drop = {"ig": 0.3, "activation": 0.5, "random": 0.75}[method]
-                acc = full_acc - drop * (1 - r) ** 2 + 0.02 * rng.standard_normal()
-                acc = float(np.clip(acc, 0, 1))
-                e = {
                     "seed": seed,
                     "method": method,
                     "retention": r,
-                    "normalize": "none",
-                    "n_neurons_total": N_LAYERS * len(MODULES) * UNITS,
-                    "n_kept": n_kept,
-                    "test": {
-                        "accuracy": acc,
-                        "macro_f1": acc - 0.02,
-                        "per_class_accuracy": {str(c): acc for c in range(1, 7)},
-                        "n": 180,
-                    },
-                    "kept": kept,
+                    "layer": layer,
+                    "module": module,
+                    "n_neurons": UNITS,
+                    "n_kept": int(count),
+                    "n_effective": int(count),
                 }
-                p = tmp_path / "eval" / f"seed{seed}" / method / f"r{r}.json"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_text(json.dumps(e))
-                evaluations.append(p)
-    return finetune, evaluations
+            )
+    return rows
+
+
+def _write_inputs(tmp_path: Path, full_accuracy=0.9, composition=0.3):
+    rng = np.random.default_rng(7)
+    finetune, results, kept, baselines = [], [], [], []
+    for seed in SEEDS:
+        rows, kept_rows = [_row(seed, "full", "full", "global", 1.0, 0, full_accuracy)], []
+        for r in RATIOS:
+            random_level = 0.3 + 0.4 * r
+            for draw in range(RANDOM_DRAWS):
+                noise = 0.01 * rng.standard_normal()
+                rows.append(_row(seed, "random", "random", "global", r, draw, random_level + noise))
+            for method, offset in OFFSET.items():
+                noise = 0.01 * rng.standard_normal()
+                n_kept = int(round(r * N_TOTAL))
+                rows.append(
+                    _row(
+                        seed,
+                        "scored",
+                        method,
+                        "global",
+                        r,
+                        0,
+                        random_level + offset + noise,
+                        n_kept,
+                    )
+                )
+                for draw in range(CONTROL_DRAWS):
+                    noise = 0.01 * rng.standard_normal()
+                    rows.append(
+                        _row(seed, "matched", method, "global", r, draw, random_level + noise)
+                    )
+                kept_rows += _kept(seed, method, r, rng)
+        for module in ("q_proj", "k_proj"):
+            for method, offset in OFFSET.items():
+                rows.append(_row(seed, "scored", method, module, 0.1, 0, 0.8 + offset / 2))
+            for draw in range(CONTROL_DRAWS):
+                rows.append(_row(seed, "random", "random", module, 0.1, draw, 0.8))
+        paths = {}
+        for name, frame, columns in (
+            ("results", rows, RESULT_COLUMNS),
+            ("kept", kept_rows, KEPT_COLUMNS),
+        ):
+            path = tmp_path / f"seed{seed}" / f"{name}.tsv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(frame, columns=columns).assign(granularity="unit").to_csv(
+                path, sep="\t", index=False
+            ) if name == "results" else pd.DataFrame(frame, columns=columns).to_csv(
+                path, sep="\t", index=False
+            )
+            paths[name] = path
+        results.append(paths["results"])
+        kept.append(paths["kept"])
+        metrics = tmp_path / f"seed{seed}" / "metrics.json"
+        metrics.write_text(json.dumps({"seed": seed, "chance": 1 / 6, "classes": [1, 2, 3]}))
+        finetune.append(metrics)
+        base = tmp_path / f"seed{seed}" / "baselines.json"
+        base.write_text(
+            json.dumps(
+                {
+                    "majority": {"accuracy": 0.2, "ci_low": 0.16, "ci_high": 0.24},
+                    "composition": {
+                        "accuracy": composition,
+                        "ci_low": composition - 0.05,
+                        "ci_high": composition + 0.05,
+                    },
+                }
+            )
+        )
+        baselines.append(base)
+    return finetune, results, kept, baselines
+
+
+def _outputs(tmp_path: Path) -> dict:
+    return {key: tmp_path / "out" / f"{key}.tsv" for key in report.OUTPUT_KEYS} | {
+        "markdown": tmp_path / "out" / "summary.md"
+    }
 
 
 @pytest.fixture()
-def inputs(tmp_path):
-    return _make_inputs(tmp_path)
+def written(tmp_path):
+    inputs = _write_inputs(tmp_path)
+    outputs = _outputs(tmp_path)
+    report.write_outputs(*inputs, outputs)
+    tables = {k: pd.read_csv(v, sep="\t") for k, v in outputs.items() if k != "markdown"}
+    return tables, outputs["markdown"].read_text(), inputs, outputs
 
 
-def test_summary_has_one_full_row_per_seed(inputs):
-    finetune, evaluations = inputs
-    s = report.summary_table(finetune, evaluations)
-    assert list(s.columns) == ["seed", "method", "retention", "accuracy", "macro_f1"]
-    full = s[s["method"] == "full"]
-    assert sorted(full["seed"]) == list(SEEDS)
-    assert (full["retention"] == 1.0).all()
-    assert len(s) == len(SEEDS) * (1 + len(METHODS) * len(RETENTIONS))
-    assert not s.duplicated(["seed", "method", "retention"]).any()
-    assert list(dict.fromkeys(s["method"])) == ["full", "ig", "activation", "random"]
+def test_random_rows_are_the_mean_of_their_draws(written):
+    tables, _, inputs, _ = written
+    accuracy = tables["accuracy"]
+    raw = pd.read_csv(inputs[1][0], sep="\t")
+    draws = raw[
+        (raw["selection"] == "random") & (raw["scope"] == "global") & (raw["retention"] == 0.5)
+    ]
+    row = accuracy[
+        (accuracy["seed"] == 0)
+        & (accuracy["selection"] == "random")
+        & (accuracy["scope"] == "global")
+        & (accuracy["retention"] == 0.5)
+    ].iloc[0]
+    assert row["accuracy"] == pytest.approx(draws["accuracy"].mean())
+    assert row["n_draws"] == RANDOM_DRAWS
+    assert np.isnan(row["ci_low"])  # a mean of draws has no bootstrap interval of its own
+    assert set(accuracy.loc[accuracy["selection"] == "baseline", "method"]) == {
+        "majority",
+        "composition",
+    }
 
 
-def test_summary_rejects_duplicates(inputs):
-    finetune, evaluations = inputs
-    with pytest.raises(ValueError, match="duplicate"):
-        report.summary_table(finetune, evaluations + evaluations[:1])
+def test_summary_interval_is_the_t_interval_over_seeds(written):
+    tables, *_ = written
+    accuracy, summary = tables["accuracy"], tables["summary"]
+    per_seed = accuracy[(accuracy["method"] == "good") & (accuracy["scope"] == "global")]
+    per_seed = per_seed[(per_seed["selection"] == "scored") & (per_seed["retention"] == 0.1)]
+    values = per_seed["accuracy"].to_numpy()
+    half = sps.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    row = summary[
+        (summary["selection"] == "scored")
+        & (summary["method"] == "good")
+        & (summary["scope"] == "global")
+        & (summary["retention"] == 0.1)
+    ].iloc[0]
+    assert row["n_seeds"] == len(SEEDS)
+    assert row["ci_low"] == pytest.approx(values.mean() - half)
+    assert row["ci_high"] == pytest.approx(values.mean() + half)
 
 
-def test_density_table_sums_and_ratios(inputs):
-    _, evaluations = inputs
-    d = report.density_table(evaluations)
-    assert list(d.columns) == report.DENSITY_COLUMNS
-    assert len(d) == len(evaluations) * N_LAYERS * len(MODULES)
-    for p in evaluations:
-        e = json.loads(Path(p).read_text())
-        sub = d[
-            (d["seed"] == e["seed"])
-            & (d["method"] == e["method"])
-            & np.isclose(d["retention"], e["retention"])
-        ]
-        assert int(sub["n_kept"].sum()) == e["n_kept"]
-    assert d["density"].between(0, 1).all()
-    np.testing.assert_allclose(d["enrichment"], d["density"] / d["retention"])
-    first = d[(d["seed"] == 0) & (d["method"] == "ig") & (d["retention"] == 0.5)]
-    assert list(first["module"].iloc[: len(MODULES)]) == list(MODULES)
+def test_paired_tests_find_the_planted_difference_only(written):
+    tables, *_ = written
+    tests = tables["tests"].set_index(["comparison", "scope", "retention"])
+    good = tests.loc[("good - random", "global", 0.1)]
+    assert good["mean_difference"] == pytest.approx(0.2, abs=0.03)
+    assert good["significant"] and good["p_holm"] < 0.01
+    assert not tests.loc[("same - random", "global", 0.1)]["significant"]
+    assert not tests.loc[("good - matched random", "global", 0.5)]["mean_difference"] < 0.1
+    # within-module: good beats random in its module, same does not
+    assert tests.loc[("good - random within module", "k_proj", 0.1)]["mean_difference"] > 0
+    # Holm within each family: adjusted >= raw, and the family of 'random' has 4 tests
+    assert (tables["tests"]["p_holm"] >= tables["tests"]["p"] - 1e-15).all()
+    assert (tables["tests"]["family"] == "random").sum() == len(OFFSET) * len(RATIOS)
 
 
-def test_density_table_warns_on_inconsistent_counts(inputs):
-    _, evaluations = inputs
-    e = json.loads(Path(evaluations[0]).read_text())
-    e["n_kept"] += 1
-    with pytest.warns(UserWarning, match="n_kept"):
-        report.density_table([e])
+def test_enrichment_has_exact_nulls_and_flags_k_proj(written):
+    tables, md, *_ = written
+    enrichment = tables["enrichment"].set_index(["method", "retention", "module"])
+    k_good = enrichment.loc[("good", 0.1, "k_proj")]
+    assert k_good["enrichment_mean"] > 1.5 and k_good["significant"]
+    assert not enrichment.loc[("same", 0.1, "k_proj")]["significant"]
+    assert k_good["effective_fraction"] == pytest.approx(1.0)
+    assert "yes (above" in md  # good: k_proj significantly above the runner-up
 
 
-def test_enrichment_arithmetic_on_a_planted_table(inputs):
-    _, evaluations = inputs
-    enr = report.module_enrichment(report.density_table(evaluations))
-    assert set(enr.columns) >= {"method", "retention", "module", "enrichment_mean", "enrichment_sd"}
-    assert (enr["n_seeds"] == len(SEEDS)).all()
-    assert len(enr) == len(METHODS) * len(RETENTIONS) * len(MODULES)
-    # by hand from the JSON files: per seed, kept / neurons pooled over layers / retention;
-    # then mean, sd (ddof=1), min and max over seeds
-    per_seed: dict[tuple[str, float, str], list[float]] = {}
-    for p in evaluations:
-        e = json.loads(Path(p).read_text())
-        for mod in MODULES:
-            cells = [c for c in e["kept"] if c["module"] == mod]
-            kept = sum(c["n_kept"] for c in cells)
-            total = sum(c["n_neurons"] for c in cells)
-            key = (e["method"], e["retention"], mod)
-            per_seed.setdefault(key, []).append(kept / total / e["retention"])
-    for row in enr.itertuples():
-        values = per_seed[(row.method, row.retention, row.module)]
-        assert row.enrichment_mean == pytest.approx(np.mean(values), rel=1e-12)
-        assert row.enrichment_sd == pytest.approx(np.std(values, ddof=1), rel=1e-9, abs=1e-12)
-        assert row.enrichment_min == pytest.approx(min(values), rel=1e-12)
-        assert row.enrichment_max == pytest.approx(max(values), rel=1e-12)
-    # pooled enrichment, weighted by neuron count, averages to 1 over modules of equal size
-    for (_, _), g in enr.groupby(["method", "retention"]):
-        seeds_mean = g["enrichment_mean"].mean()
-        r = g["retention"].iloc[0]
-        n_total = N_LAYERS * len(MODULES) * UNITS
-        expected = max(1, round(r * n_total)) / n_total / r
-        assert math.isclose(seeds_mean, expected, rel_tol=1e-9)
+def test_markdown_says_significant_only_when_it_is(written):
+    _, md, *_ = written
+    lines = [line for line in md.splitlines() if line.startswith("| same - random |")]
+    assert lines and all(line.rstrip().endswith("| no |") for line in lines)
+    lines = [line for line in md.splitlines() if line.startswith("| good - random |")]
+    assert lines and all("yes (above)" in line for line in lines)
+    assert "Warning" not in md
 
 
-def test_summary_markdown_numbers_and_verdicts_on_a_planted_table(inputs):
-    finetune, evaluations = inputs
-    s = report.summary_table(finetune, evaluations)
-    d = report.density_table(evaluations)
-    md = report.summary_markdown(s, d, finetune)
-    full = s[s["method"] == "full"]["accuracy"]
-    assert f"{full.mean():.3f} ± {full.std():.3f}" in md
-    assert "0.167" in md  # chance
-    assert "Seeds: 3" in md
-    assert "| method | 100% | 50% | 25% | 10% | 1% |" in md
-    # the verdicts restate the enrichment table at the smallest retention; the planted
-    # preferences make ig's a "yes" and activation's a "no", so both wordings are checked
-    enr = report.module_enrichment(d)
-    at = enr[np.isclose(enr["retention"], min(RETENTIONS))]
-    for method, verdict in (("ig", "yes"), ("activation", "no")):
-        means = at[at["method"] == method].set_index("module")["enrichment_mean"]  # module order
-        k = means["k_proj"]
-        rank = 1 + int((means > k + 1e-12).sum())
-        if verdict == "yes":
-            assert rank == 1 and int(np.isclose(means, k).sum()) == 1
-            others = means.drop("k_proj")
-            nxt = f"next {others.idxmax()} {others.max():.2f}"
-            expected = f"{method}: yes (k_proj {k:.2f}, {nxt})"
-        else:
-            assert rank > 1
-            top = ", ".join(means[np.isclose(means, means.max())].index)
-            expected = f"{method}: no ({top} {means.max():.2f}, k_proj {k:.2f}, rank {rank} of 6"
-        assert expected in md
-    assert "by construction" in md
-    ig_acc = s[(s["method"] == "ig") & (s["retention"] == 0.1)]["accuracy"]
-    assert f"{ig_acc.mean():.3f} ± {ig_acc.std():.3f}" in md
-
-
-def test_write_outputs(inputs, tmp_path):
-    finetune, evaluations = inputs
-    out = tmp_path / "out"
-    report.write_outputs(
-        finetune, evaluations, out / "summary.tsv", out / "density.tsv", out / "summary.md"
+def test_warning_when_the_full_model_is_not_above_the_baselines(tmp_path):
+    inputs = _write_inputs(tmp_path, full_accuracy=0.33, composition=0.31)
+    outputs = _outputs(tmp_path)
+    report.write_outputs(*inputs, outputs)
+    md = outputs["markdown"].read_text()
+    first_sections = md.split("## Test accuracy")[0]
+    assert "Warning: the full model is not clearly better than the composition baseline" in (
+        first_sections
     )
-    s = pd.read_csv(out / "summary.tsv", sep="\t")
-    d = pd.read_csv(out / "density.tsv", sep="\t")
-    assert (s["method"] == "full").sum() == len(SEEDS)
-    assert len(d) == len(evaluations) * N_LAYERS * len(MODULES)
-    md = report.summary_markdown(
-        report.summary_table(finetune, evaluations), report.density_table(evaluations), finetune
-    )
-    assert (out / "summary.md").read_text() == md + "\n"
-    assert not list(out.glob(".*.tmp"))
 
 
-def test_plots_write_png_and_pdf(inputs, tmp_path):
-    finetune, evaluations = inputs
-    out = tmp_path / "out"
-    report.write_outputs(
-        finetune, evaluations, out / "summary.tsv", out / "density.tsv", out / "summary.md"
-    )
-    paths = plots.make_all_plots(
-        out / "summary.tsv", out / "density.tsv", finetune, out / "plots", {"dpi": 60}
-    )
-    names = sorted(p.name for p in paths)
-    assert names == sorted(
-        f"{stem}.{ext}"
-        for stem in (
-            "accuracy_vs_retention",
-            "density_heatmaps",
-            "enrichment_heatmaps",
-            "module_enrichment",
-        )
-        for ext in ("png", "pdf")
-    )
-    for p in paths:
-        data = p.read_bytes()
-        assert len(data) > 1000
-        assert data[:4] == (b"\x89PNG" if p.suffix == ".png" else b"%PDF")
-    assert not list((out / "plots").glob(".*.tmp"))
+def test_plots_are_written(written, tmp_path):
+    _, _, inputs, outputs = written
 
+    class Tables:
+        accuracy = outputs["accuracy"]
+        summary = outputs["summary"]
+        enrichment = outputs["enrichment"]
+        density = outputs["density"]
+        finetune = inputs[0]
 
-def test_plots_with_two_seeds_and_missing_style_keys(inputs, tmp_path):
-    finetune, evaluations = inputs
-    keep = [p for p in evaluations if "seed2" not in str(p)]
-    s = report.summary_table(finetune[:2], keep)
-    d = report.density_table(keep)
-    out = tmp_path / "two"
-    written = plots.plot_accuracy_vs_retention(s, None, out / "a.png", out / "a.pdf", {})
-    written += plots.plot_module_enrichment(
-        report.module_enrichment(d), out / "m.png", out / "m.pdf", None
-    )
-    assert all(p.stat().st_size > 0 for p in written)
-    with pytest.raises(ValueError):
-        plots.plot_layer_heatmaps(d, out / "h.png", out / "h.pdf", value="bogus")
+    paths = plots.make_all_plots(Tables, tmp_path / "plots", {"dpi": 40})
+    assert len(paths) == 2 * len(plots.OUTPUT_NAMES)
+    assert all(p.stat().st_size > 1000 for p in paths)
