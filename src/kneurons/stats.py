@@ -142,9 +142,7 @@ def enrichment_p(
     """Exact p-value of keeping `k` of the `n_type` units of a module type when `n_kept` of
     `n_total` units are kept, against a uniformly random selection of the same size
     (hypergeometric). "greater": enrichment, "less": depletion."""
-    if not 0 <= k <= min(n_type, n_kept):
-        raise ValueError(f"k = {k} is impossible with n_type = {n_type}, n_kept = {n_kept}")
-    return tail_p(*hypergeom_pmf(n_type, n_kept, n_total), k, alternative)
+    return pooled_enrichment_p([k], [n_type], [n_kept], [n_total], alternative)
 
 
 def pooled_enrichment_p(
