@@ -105,13 +105,16 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 def hypergeom_pmf(n_type: int, n_kept: int, n_total: int) -> tuple[int, np.ndarray]:
     """(offset, pmf): P(k = offset + i) = pmf[i] for k, the units of a type with `n_type` of
     `n_total` units that a uniformly random selection of `n_kept` units keeps. Only the
-    entries that do not underflow to 0 are kept, so far tails cost nothing to convolve."""
+    entries that do not underflow to 0 are kept, so far tails cost nothing to convolve; they
+    are renormalised to sum to 1 (scipy's pmf is accurate to ~1e-11 at 10^5 units), so a tail
+    holding all the mass is 1."""
     if not 0 <= n_type <= n_total or not 0 <= n_kept <= n_total:
         raise ValueError(f"need 0 <= n_type, n_kept <= n_total; got {n_type}, {n_kept}, {n_total}")
     support = np.arange(max(0, n_kept - (n_total - n_type)), min(n_type, n_kept) + 1)
     pmf = sps.hypergeom.pmf(support, n_total, n_type, n_kept)
     nonzero = np.flatnonzero(pmf)
-    return int(support[nonzero[0]]), pmf[nonzero[0] : nonzero[-1] + 1]
+    pmf = pmf[nonzero[0] : nonzero[-1] + 1]
+    return int(support[nonzero[0]]), pmf / pmf.sum()
 
 
 def tail_p(offset: int, pmf: np.ndarray, k: int, alternative: str = "greater") -> float:
@@ -121,8 +124,10 @@ def tail_p(offset: int, pmf: np.ndarray, k: int, alternative: str = "greater") -
     if alternative not in ALTERNATIVES:
         raise ValueError(f"unknown alternative {alternative!r}; expected {', '.join(ALTERNATIVES)}")
     i = k - offset
+    if (alternative == "greater" and i <= 0) or (alternative == "less" and i >= len(pmf) - 1):
+        return 1.0  # the whole support, without the sum's rounding
     if alternative == "greater":
-        p = pmf[max(i, 0) :].sum()
+        p = pmf[i:].sum()
     elif alternative == "less":
         p = pmf[: max(i + 1, 0)].sum()
     else:
@@ -137,9 +142,7 @@ def enrichment_p(
     """Exact p-value of keeping `k` of the `n_type` units of a module type when `n_kept` of
     `n_total` units are kept, against a uniformly random selection of the same size
     (hypergeometric). "greater": enrichment, "less": depletion."""
-    if not 0 <= k <= min(n_type, n_kept):
-        raise ValueError(f"k = {k} is impossible with n_type = {n_type}, n_kept = {n_kept}")
-    return tail_p(*hypergeom_pmf(n_type, n_kept, n_total), k, alternative)
+    return pooled_enrichment_p([k], [n_type], [n_kept], [n_total], alternative)
 
 
 def pooled_enrichment_p(
