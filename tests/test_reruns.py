@@ -15,11 +15,19 @@ import pytest
 import yaml
 from workflow_helpers import ROOT, deep_update, read_config, snakemake, write_config
 
-UPSTREAM = {"download", "split", "prepare_model"}
 TAIL = {"aggregate": 1, "plots": 1, "all": 1}
-# one seed of the small config: 2 layers; methods ig (per layer), activation, gradxact, random
-SEED_SCORING = {"score_layer": 2, "merge_layers": 1, "score": 3}
-EVALUATIONS = 4 * 2  # methods x ratios 0.5/0.1
+SEEDS = 2  # the small config's seeds 0 and 1
+
+
+def per_seed(counts: dict[str, int], seeds: int = SEEDS) -> dict[str, int]:
+    return {rule: n * seeds for rule, n in counts.items()}
+
+
+# one seed of the small config: 2 layers; methods ig (per layer), activation, gradxact
+SCORING = {"score_layer": 2, "merge_layers": 1, "score": 2}
+# a seed's chain from its split on: split, baselines, backbone, model, scores, evaluation
+SEED_CHAIN = {"split": 1, "baselines": 1, "prepare_model": 1, "finetune": 1, **SCORING}
+SEED_CHAIN |= {"evaluate": 1}
 
 
 def job_counts(path: Path, env: dict | None = None) -> dict[str, int]:
@@ -58,37 +66,43 @@ def test_copy_of_a_finished_run_has_nothing_to_do(run_copy):
     assert counts == {}
 
 
-def test_new_retention_ratio_runs_only_its_evaluations(run_copy):
-    config = read_config(run_copy)
+def test_new_retention_ratio_reruns_only_the_evaluations(run_copy):
     change_config(run_copy, {"sweep": {"retention_ratios": [0.5, 0.25, 0.1]}})
     counts = job_counts(run_copy)
     report("ratio 0.25 added", counts)
-    # one evaluation per seed x method
-    n_new = len(config["seeds"]) * len(config["scoring"]["methods"])
-    assert counts == {"evaluate": n_new, **TAIL}
+    assert counts == {"evaluate": SEEDS, **TAIL}  # one evaluation job per seed
 
 
-def test_new_method_runs_only_its_scoring_and_evaluations(run_copy):
-    # make the copy a finished run with methods [ig, random] (reruns aggregate and plots only)
-    shutil.rmtree(run_copy / "results/evaluation/seed0/activation")
-    (run_copy / "results/scores/seed0/activation.tsv").unlink()
-    change_config(run_copy, {"scoring": {"methods": ["ig", "gradxact", "random"]}})
-    assert job_counts(run_copy) == TAIL
+def test_new_method_runs_only_its_scoring_and_the_evaluations(run_copy):
+    # make the copy a finished run without activation (reruns evaluate and what follows)
+    for seed in range(SEEDS):
+        (run_copy / f"results/scores/seed{seed}/activation.tsv").unlink()
+    change_config(run_copy, {"scoring": {"methods": ["ig", "gradxact"]}})
+    assert job_counts(run_copy) == {"evaluate": SEEDS, **TAIL}
     snakemake(run_copy)
     assert job_counts(run_copy) == {}
 
-    change_config(run_copy, {"scoring": {"methods": ["ig", "activation", "gradxact", "random"]}})
+    change_config(run_copy, {"scoring": {"methods": ["ig", "activation", "gradxact"]}})
     counts = job_counts(run_copy)
     report("method activation added", counts)
-    assert counts == {"score": 1, "evaluate": 2, **TAIL}
+    assert counts == {"score": SEEDS, "evaluate": SEEDS, **TAIL}
 
 
 def test_new_seed_runs_only_that_seeds_chain(run_copy):
-    change_config(run_copy, {"seeds": [0, 1]})
+    change_config(run_copy, {"seeds": [0, 1, 2]})
     counts = job_counts(run_copy)
-    report("seed 1 added", counts)
-    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": EVALUATIONS, **TAIL}
-    assert not UPSTREAM & counts.keys()
+    report("seed 2 added", counts)
+    assert counts == {**SEED_CHAIN, **TAIL}  # no download: the data are shared
+
+
+def test_shared_split_is_one_split_and_its_seed_decides_only_it(run_copy):
+    change_config(run_copy, {"split": {"seed": 7}})  # only the shared split reads split.seed
+    assert job_counts(run_copy) == {}
+    change_config(run_copy, {"split": {"shared": True}})
+    counts = job_counts(run_copy)
+    report("split.shared on", counts)
+    chain = per_seed({k: v for k, v in SEED_CHAIN.items() if k != "prepare_model"})
+    assert counts == {**chain, "split": 1, "baselines": 1, **TAIL}
 
 
 def test_finetune_change_reruns_finetune_and_what_follows(run_copy):
@@ -96,7 +110,7 @@ def test_finetune_change_reruns_finetune_and_what_follows(run_copy):
     change_config(run_copy, {"finetune": {"lr": config["finetune"]["lr"] / 2}})
     counts = job_counts(run_copy)
     report("finetune.lr changed", counts)
-    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": EVALUATIONS, **TAIL}
+    assert counts == {**per_seed({"finetune": 1, **SCORING, "evaluate": 1}), **TAIL}
 
 
 def test_plot_style_change_reruns_only_plots(run_copy):
@@ -106,19 +120,27 @@ def test_plot_style_change_reruns_only_plots(run_copy):
     assert counts == {"plots": 1, "all": 1}
 
 
+AFTER_FINETUNE = per_seed({"finetune": 1, **SCORING, "evaluate": 1})
+
+
 @pytest.mark.parametrize(
     "module, expected",
     [
-        ("scoring.py", {**SEED_SCORING, "evaluate": EVALUATIONS, **TAIL}),
-        ("methods/ig.py", {"score_layer": 2, "merge_layers": 1, "evaluate": 2, **TAIL}),
-        ("selection.py", {"evaluate": EVALUATIONS, **TAIL}),
-        ("train.py", {"finetune": 1, **SEED_SCORING, "evaluate": EVALUATIONS, **TAIL}),
+        ("scoring.py", {**per_seed({**SCORING, "evaluate": 1}), **TAIL}),
+        (
+            "methods/ig.py",
+            {**per_seed({"score_layer": 2, "merge_layers": 1, "evaluate": 1}), **TAIL},
+        ),
+        ("selection.py", {"evaluate": SEEDS, **TAIL}),
+        ("evaluation.py", {"evaluate": SEEDS, **TAIL}),
+        ("stats.py", {**per_seed({"baselines": 1, "evaluate": 1}), **TAIL}),
+        ("baselines.py", {"baselines": SEEDS, **TAIL}),
+        ("train.py", {**AFTER_FINETUNE, **TAIL}),
         (
             "data.py",
-            {"download": 1, "split": 1, "finetune": 1, **SEED_SCORING}
-            | {"evaluate": EVALUATIONS, **TAIL},
+            {"download": 1, **per_seed({"split": 1, "baselines": 1}), **AFTER_FINETUNE, **TAIL},
         ),
-        ("report.py", {"aggregate": 1, "plots": 1, "all": 1}),
+        ("report.py", TAIL),
         ("download.py", {}),  # the UniProt client does not decide a synthetic run
         ("progress.py", {}),  # log lines decide nothing
     ],
@@ -211,7 +233,7 @@ def test_values_swapped_between_keys_rerun(run_copy):
     change_config(run_copy, {"finetune": {"lr": head_lr, "head_lr": lr}})
     counts = job_counts(run_copy)
     report("lr and head_lr swapped", counts)
-    assert counts == {"finetune": 1, **SEED_SCORING, "evaluate": EVALUATIONS, **TAIL}
+    assert counts == {**AFTER_FINETUNE, **TAIL}
 
 
 def touched_run(path: Path) -> Path:
@@ -245,5 +267,5 @@ def test_default_config_written_another_way_reruns_nothing(tmp_path):
         counts = job_counts(run)
         report(f"default config, {case}", counts)
         assert counts == {}, case
-    write_config(run, deep_update(default, {"scoring": {"ig_steps": 10}}))
+    write_config(run, deep_update(default, {"scoring": {"ig_steps": 12}}))
     assert job_counts(run)["score_layer"] == 4 * len(default["seeds"])  # a real change

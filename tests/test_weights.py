@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 
-from kneurons.methods import REGISTRY, ScoringInputs
 from kneurons.methods.gradxact import gradxact_scores
 from kneurons.model import encode, linear
 from kneurons.scoring import activation_scores, ig_scores, quadrature, scores_frame
@@ -100,8 +99,16 @@ def test_activation_per_weight(tiny_classifier, sequences):
 
 
 def test_weight_selection_ablation_and_density(tiny_classifier, sequences):
-    inputs = ScoringInputs([], [], [0, 1, 2], ["q_proj", "fc1"], 5, None, {"granularity": "weight"})
-    frame = scores_frame(REGISTRY["random"].score(tiny_classifier, inputs))
+    generator = torch.Generator().manual_seed(5)
+    frame = scores_frame(
+        {
+            (layer, module): torch.rand(
+                linear(tiny_classifier.esm, layer, module).weight.shape, generator=generator
+            )
+            for layer in range(3)
+            for module in ("q_proj", "fc1")
+        }
+    )
     n_weights = 3 * (32 * 32 + 128 * 32)
     assert len(frame) == n_weights and list(frame.columns[-2:]) == ["input", "score"]
 

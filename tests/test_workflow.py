@@ -20,81 +20,84 @@ def test_full_run_writes_every_stage(finished_run):
     table = pd.read_csv(path / "results/data/sequences.tsv", sep="\t")
     assert list(table.columns) == ["id", "sequence", "ec_numbers", "ec_class", "motifs"]
     assert table["ec_class"].value_counts().to_dict() == {c: 12 for c in range(1, 7)}
-    split = pd.read_csv(path / "results/data/split.tsv", sep="\t")
-    assert set(split["split"]) == {"train", "validation", "test"}
-    assert (path / "resources/models/esm2_tiny.pt").exists()
+    splits = [pd.read_csv(path / f"results/data/split/seed{s}.tsv", sep="\t") for s in (0, 1)]
+    assert set(splits[0]["split"]) == {"train", "validation", "test"}
+    # each seed its own split and its own backbone initialisation
+    assert not splits[0]["split"].equals(splits[1]["split"])
+    backbones = [path / f"resources/models/esm2_tiny_seed{s}.pt" for s in (0, 1)]
+    assert backbones[0].read_bytes() != backbones[1].read_bytes()
     metrics = json.loads((path / "results/finetune/seed0/metrics.json").read_text())
     assert metrics["chance"] == pytest.approx(1 / 6)
-    assert (path / "results/finetune/seed0/model.pt").exists()
     scores = pd.read_csv(path / "results/scores/seed0/ig.tsv", sep="\t")
     # 2 layers x (4 x 16 attention + 64 fc1 + 16 fc2) units
     assert len(scores) == 2 * (4 * 16 + 64 + 16)
     summary = pd.read_csv(path / "results/summary.tsv", sep="\t")
-    assert set(summary["method"]) == {"full", "ig", "activation", "gradxact", "random"}
+    assert set(summary["method"]) == {
+        "full",
+        "ig",
+        "activation",
+        "gradxact",
+        "random",
+        "majority",
+        "composition",
+    }
+    assert set(summary["selection"]) == {"full", "scored", "random", "matched", "baseline"}
+    assert (summary["n_seeds"] == 2).all()
+    tests = pd.read_csv(path / "results/tests.tsv", sep="\t")
+    assert set(tests["family"]) == {"random", "matched random", "random within module"}
+    assert tests["p_holm"].between(0, 1).all()
+    enrichment = pd.read_csv(path / "results/enrichment.tsv", sep="\t")
+    assert enrichment["p"].between(0, 1).all() and enrichment["effective_fraction"].le(1).all()
     density = pd.read_csv(path / "results/density.tsv", sep="\t")
-    assert (density["density"] <= 1).all()
-    for name in ["accuracy_vs_retention", "density_heatmaps", "module_enrichment"]:
+    assert (density["density"] <= 1).all() and (density["n_effective"] <= density["n_kept"]).all()
+    for name in [
+        "accuracy_vs_retention",
+        "density_heatmaps",
+        "module_enrichment",
+        "module_pruning",
+    ]:
         assert (path / f"results/plots/{name}.png").stat().st_size > 1000
     assert (path / "results/summary.md").read_text().strip()
-    for rule in ["download", "split", "prepare_model", "aggregate", "plots"]:
+    for rule in ["download", "aggregate", "plots"]:
+        assert (path / f"results/benchmarks/{rule}.tsv").exists()
+        assert (path / f"results/logs/{rule}.log").exists()
+    for rule in ["split/seed0", "prepare_model/seed0", "baselines/seed1", "evaluate/seed1"]:
         assert (path / f"results/benchmarks/{rule}.tsv").exists()
         assert (path / f"results/logs/{rule}.log").exists()
 
 
 def test_metrics_are_counts_over_the_test_split(finished_run):
-    """One epoch of a 2-layer model is at chance on 12 test sequences (measured for seeds 0-7:
-    1/12 to 4/12 correct, chance 2/12), so no accuracy threshold: every reported accuracy must
-    be a count of correct predictions over the test split that results/data/split.tsv records."""
+    """One epoch of a 2-layer model is at chance on 12 test sequences, so no accuracy threshold:
+    every reported accuracy must be a count of correct predictions over the seed's test split,
+    and every selection keeps the number of units its ratio says."""
     path = finished_run
-    split = pd.read_csv(path / "results/data/split.tsv", sep="\t")
+    split = pd.read_csv(path / "results/data/split/seed0.tsv", sep="\t")
     test = split[split["split"] == "test"]
     n = len(test)
-    sizes = test["ec_class"].value_counts().to_dict()
     metrics = json.loads((path / "results/finetune/seed0/metrics.json").read_text())
-    classes = metrics["classes"]
-    assert set(sizes) <= set(classes)
-    assert metrics["majority_baseline"] == pytest.approx(max(sizes.values()) / n)
-    # one epoch: the history has one row, and its validation accuracy is the one reported
     assert [row["epoch"] for row in metrics["history"]] == [1] and metrics["best_epoch"] == 1
-    n_val = int((split["split"] == "validation").sum())
-    val_correct = metrics["validation"]["accuracy"] * n_val
-    assert val_correct == pytest.approx(round(val_correct))
-    assert metrics["history"][0]["val_accuracy"] == metrics["validation"]["accuracy"]
 
-    evaluations = {
-        (e["method"], e["retention"]): e
-        for e in (
-            json.loads(p.read_text())
-            for p in (path / "results/evaluation/seed0").glob("*/retention*.json")
-        )
-    }
-    assert sorted(evaluations) == sorted(
-        (m, r) for m in ("ig", "activation", "gradxact", "random") for r in (0.5, 0.1)
-    )
-    n_neurons = 2 * (4 * 16 + 64 + 16)
-    for (_, retention), e in evaluations.items():
-        assert e["n_neurons_total"] == n_neurons
-        assert e["n_kept"] == max(1, round(retention * n_neurons))
+    results = pd.read_csv(path / "results/evaluation/seed0/results.tsv", sep="\t")
+    assert ((results["accuracy"] * n).round(9) % 1 == 0).all()
+    full = results[results["selection"] == "full"]
+    assert len(full) == 1 and full["accuracy"].iloc[0] == pytest.approx(metrics["test"]["accuracy"])
+    n_units = 2 * (4 * 16 + 64 + 16)
+    glob = results[(results["scope"] == "global") & (results["selection"] != "full")]
+    assert (glob["n_kept"] == (glob["retention"] * n_units).round()).all()
+    counts = glob.groupby(["selection", "method"]).size().to_dict()
+    assert counts[("random", "random")] == 3 * 2  # draws x ratios
+    assert counts[("matched", "ig")] == 2 * 2 and counts[("scored", "ig")] == 2
+    assert (glob["ci_low"] <= glob["accuracy"]).all() and (
+        glob["accuracy"] <= glob["ci_high"]
+    ).all()
+    # matched random keeps the method's count in every (layer, module): same totals here
+    within = results[results["scope"] != "global"]
+    assert set(within["scope"]) == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
 
-    results = {("full", 1.0): metrics["test"]} | {k: e["test"] for k, e in evaluations.items()}
-    for key, result in results.items():
-        assert result["n"] == n, key
-        assert set(result["per_class_accuracy"]) == {str(c) for c in classes}, key
-        correct = 0
-        for c, recall in result["per_class_accuracy"].items():
-            hits = recall * sizes.get(int(c), 0)  # per-class accuracy: hits / class size
-            assert hits == pytest.approx(round(hits)), (key, c)
-            correct += round(hits)
-        # accuracy: the per-class accuracies averaged with the split's class sizes as weights
-        assert result["accuracy"] == pytest.approx(correct / n), key
-
-    # the summary table is these numbers, not a recomputation
-    summary = pd.read_csv(path / "results/summary.tsv", sep="\t")
-    assert len(summary) == len(results)
-    for row in summary.itertuples():
-        assert row.seed == 0
-        assert row.accuracy == pytest.approx(results[(row.method, row.retention)]["accuracy"])
-        assert row.macro_f1 == pytest.approx(results[(row.method, row.retention)]["macro_f1"])
+    baselines = json.loads((path / "results/baselines/seed0.json").read_text())
+    assert baselines["n_test"] == n
+    sizes = test["ec_class"].value_counts()
+    assert baselines["majority"]["accuracy"] <= sizes.max() / n + 1e-12
 
 
 def test_second_run_has_nothing_to_do(finished_run):
@@ -105,7 +108,7 @@ def test_second_run_has_nothing_to_do(finished_run):
 def test_same_config_same_numbers(finished_run, tmp_path):
     again = make_workdir(tmp_path)
     snakemake(again, "results/finetune/seed0/metrics.json", "results/scores/seed0/ig.tsv")
-    for name in ["results/data/split.tsv", "results/scores/seed0/ig.tsv"]:
+    for name in ["results/data/split/seed0.tsv", "results/scores/seed0/ig.tsv"]:
         assert (again / name).read_text() == (finished_run / name).read_text()
     first = json.loads((finished_run / "results/finetune/seed0/metrics.json").read_text())
     second = json.loads((again / "results/finetune/seed0/metrics.json").read_text())
@@ -164,10 +167,9 @@ def test_logs_are_lines_not_progress_bars(finished_run):
     for step in ["score/seed0/ig/layer1.log", "score/seed0/activation.log"]:
         text = (logs / step).read_text()
         assert "\r" not in text and "sequences/s" in text, step
-    evaluation = json.loads(
-        (finished_run / "results/evaluation/seed0/ig/retention0.5.json").read_text()
-    )
-    assert evaluation["device"] == "cpu"  # sweep.device auto, on a machine without a GPU
+    evaluation = (logs / "evaluate/seed0.log").read_text()
+    assert "(cpu)" in evaluation  # sweep.device auto, on a machine without a GPU
+    assert "pruned models" in evaluation and "models/s" in evaluation
 
 
 def test_weight_granularity_end_to_end(tmp_path):
@@ -184,17 +186,14 @@ def test_weight_granularity_end_to_end(tmp_path):
     assert list(scores.columns) == ["layer", "module", "unit", "input", "score"]
     n_weights = 2 * 3 * 16 * 16  # layers x q/k/v x (16 x 16)
     assert len(scores) == n_weights
-    full = json.loads((path / "results/finetune/seed0/metrics.json").read_text())["test"]
-    for method in ("ig", "activation", "gradxact", "random"):
-        kept_all = json.loads(
-            (path / f"results/evaluation/seed0/{method}/retention1.0.json").read_text()
-        )
-        assert kept_all["granularity"] == "weight" and kept_all["n_neurons_total"] == n_weights
-        assert kept_all["test"]["accuracy"] == full["accuracy"]  # keeping 100% changes nothing
-        tenth = json.loads(
-            (path / f"results/evaluation/seed0/{method}/retention0.1.json").read_text()
-        )
-        assert tenth["n_kept"] == round(0.1 * n_weights)
+    results = pd.read_csv(path / "results/evaluation/seed0/results.tsv", sep="\t")
+    assert set(results["granularity"]) == {"weight"}
+    full = results.loc[results["selection"] == "full", "accuracy"].iloc[0]
+    glob = results[(results["scope"] == "global") & (results["selection"] != "full")]
+    assert (glob["n_total"] == n_weights).all()
+    kept_all = glob[glob["retention"] == 1.0]
+    assert (kept_all["accuracy"] == full).all()  # keeping 100% changes nothing
+    assert (glob.loc[glob["retention"] == 0.1, "n_kept"] == round(0.1 * n_weights)).all()
     assert "Granularity: per weight" in (path / "results/summary.md").read_text()
 
 
@@ -203,5 +202,5 @@ def test_paper_config_plans_the_papers_protocol(tmp_path):
     result = snakemake(path, "--dry-run", "--configfile", str(ROOT / "config/paper.yaml"))
     plan = result.stdout + result.stderr
     assert "fetch_pretrained_model" in plan and "esm2_t6_8M_UR50D" in plan
-    # the small config's one seed: 6 layers of IG, ig/activation/random x 4 ratios
-    assert re.search(r"score_layer\s+6\b", plan) and re.search(r"evaluate\s+12\b", plan)
+    # the small config's two seeds: 6 layers of IG each, one evaluation job per seed
+    assert re.search(r"score_layer\s+12\b", plan) and re.search(r"evaluate\s+2\b", plan)

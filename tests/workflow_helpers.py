@@ -13,13 +13,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALL_CONFIG = {
-    "seeds": [0],
+    # two seeds: the statistics across seeds run end to end
+    "seeds": [0, 1],
     "data": {"synthetic": {"n_per_class": 12, "min_length": 60, "max_length": 80}},
     "model": {"tiny": {"num_layers": 2, "embed_dim": 16, "attention_heads": 2}},
     # head_lr != lr, so swapping the two is a change (tests/test_reruns.py)
     "finetune": {"epochs": 1, "batch_size": 16, "head_lr": 0.004},
     "scoring": {"max_sequences": 12, "ig_steps": 4, "batch_size": 8},
-    "sweep": {"retention_ratios": [0.5, 0.1]},
+    "sweep": {
+        "retention_ratios": [0.5, 0.1],
+        "random_draws": 3,
+        "control_draws": 2,
+        "module_ratios": [0.5],
+        "bootstrap": 200,
+    },
     "plots": {"dpi": 60},
 }
 
