@@ -137,6 +137,23 @@ def test_pytorch_model_bin_is_the_fallback(hf_dir, hf_model, tmp_path):
     assert max_difference(hf_model, load_esm_checkpoint(out).eval(), tokens()) < 1e-5
 
 
+def test_sharded_safetensors_are_read(hf_dir, hf_model, tmp_path):
+    tensors = load_file(hf_dir / "model.safetensors")
+    (hf_dir / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    for shard, part in shards.items():
+        save_file({n: tensors[n] for n in part}, hf_dir / shard)
+    weight_map = {n: shard for shard, part in shards.items() for n in part}
+    (hf_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    out = tmp_path / "esm2_sharded.pt"
+    convert_hf_esm2(hf_dir, out)
+    assert max_difference(hf_model, load_esm_checkpoint(out).eval(), tokens()) < 1e-5
+
+
 def edit_weights(directory, edit):
     path = directory / "model.safetensors"
     tensors = load_file(path)
