@@ -92,6 +92,12 @@ class HFCheckpointError(UserError, ValueError):
     """A Hugging Face ESM-2 directory that fair-esm's ESM2 cannot represent, or a broken one."""
 
 
+def _first_line(err: Exception) -> str:
+    """An exception's message cut to one line (torch's can run over many)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def _bad(path: Path, key: str, problem: str) -> HFCheckpointError:
     return HFCheckpointError(f"{path}: key '{key}' {problem}")
 
@@ -111,7 +117,7 @@ def read_hf_config(directory: str | Path) -> dict:
     try:
         cfg = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise HFCheckpointError(f"{path}: not readable JSON ({err})") from None
+        raise HFCheckpointError(f"{path}: not readable JSON ({_first_line(err)})") from None
     if not isinstance(cfg, dict):
         raise HFCheckpointError(f"{path}: not a JSON object")
 
@@ -167,6 +173,8 @@ def read_hf_config(directory: str | Path) -> dict:
     if not isinstance(eps, int | float) or not math.isclose(eps, LAYER_NORM_EPS, rel_tol=1e-6):
         raise _bad(path, "layer_norm_eps", f"is {eps!r}; fair-esm's ESM-2 uses {LAYER_NORM_EPS:g}")
     rope = value("rope_parameters", default={})
+    if not isinstance(rope, dict):
+        raise _bad(path, "rope_parameters", f"must be a mapping, got {rope!r}")
     theta = value("rope_theta", default=rope.get("rope_theta", ROPE_THETA))
     if not isinstance(theta, int | float) or theta != ROPE_THETA:
         raise _bad(path, "rope_theta", f"is {theta!r}; fair-esm's ESM-2 uses {ROPE_THETA:g}")
@@ -187,7 +195,11 @@ def read_hf_config(directory: str | Path) -> dict:
 def _check_vocab_file(path: Path) -> None:
     if not path.is_file():
         return  # the tokenizer is optional; config.json's vocab_size and ids were checked
-    tokens = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise HFCheckpointError(f"{path}: not a readable text file ({_first_line(err)})") from None
+    tokens = [line.strip() for line in text.splitlines() if line.strip()]
     if tokens != list(ESM2_VOCAB):
         first = next(
             (i for i, (a, b) in enumerate(zip(tokens, ESM2_VOCAB, strict=False)) if a != b),
@@ -213,8 +225,12 @@ def weight_files(directory: str | Path) -> list[Path]:
         try:
             weight_map = json.loads(path.read_text())["weight_map"]
             shards = sorted(set(weight_map.values()))
+            if not all(isinstance(shard, str) for shard in shards):
+                raise TypeError("file names must be strings")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise HFCheckpointError(f"{path}: no readable 'weight_map' ({err})") from None
+            raise HFCheckpointError(
+                f"{path}: no readable 'weight_map' ({_first_line(err)})"
+            ) from None
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
             raise _bad(path, "weight_map", f"lists {missing[0]}, which does not exist")
@@ -238,13 +254,15 @@ def read_hf_weights(directory: str | Path) -> dict:
                 part = load_file(str(path), device="cpu")
             except (OSError, SafetensorError) as err:
                 raise HFCheckpointError(
-                    f"{path}: not a readable safetensors file ({err})"
+                    f"{path}: not a readable safetensors file ({_first_line(err)})"
                 ) from None
         else:
             try:
                 part = torch.load(str(path), map_location="cpu", weights_only=True)
             except Exception as err:  # torch raises many types for a bad file
-                raise HFCheckpointError(f"{path}: not a readable state dict ({err})") from None
+                raise HFCheckpointError(
+                    f"{path}: not a readable state dict ({_first_line(err)})"
+                ) from None
             if not isinstance(part, dict) or not all(
                 isinstance(v, torch.Tensor) for v in part.values()
             ):
@@ -393,5 +411,5 @@ def _check_dropped(source: str, hf: dict, dropped: dict, state: dict, expected: 
                     f"(base {ROPE_THETA:g}, head size {2 * ours.numel()})"
                 )
         elif kind == POSITION_IDS:
-            if not torch.equal(tensor.reshape(-1), torch.arange(tensor.numel())):
+            if not torch.equal(tensor.reshape(-1).long(), torch.arange(tensor.numel())):
                 raise HFCheckpointError(f"{source}: {hf_name} is not 0, 1, 2, ...")
