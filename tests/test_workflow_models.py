@@ -64,3 +64,31 @@ def test_checkpoint_path_is_used_as_it_is(tmp_path):
     assert "prepare_model" not in result.stdout + result.stderr
     scores = pd.read_csv(work / "results/scores/seed0/ig.tsv", sep="\t")
     assert sorted(scores["layer"].unique()) == [0, 1, 2]
+
+
+def test_hugging_face_directory_is_converted_once(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.EsmConfig(  # the facebook/esm2_t* settings at a small size
+        vocab_size=33,
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        position_embedding_type="rotary",
+        token_dropout=True,
+        emb_layer_norm_before=False,
+        pad_token_id=1,
+        mask_token_id=32,
+        layer_norm_eps=1e-5,
+    )
+    hf_dir = tmp_path / "hub" / "esm2_small_hf"
+    transformers.EsmForMaskedLM(config).save_pretrained(hf_dir)
+    work = workdir(tmp_path, {"model": {"name": str(hf_dir)}})
+    checkpoint = work / "resources/models/esm2_small_hf.pt"
+    snakemake(work, str(checkpoint.relative_to(work)))
+    assert load_esm_checkpoint(checkpoint).num_layers == 3
+    plan = snakemake(work, "--dry-run", "results/scores/seed0/ig.tsv")
+    plan = plan.stdout + plan.stderr
+    assert "convert_hf_model" not in plan  # done; its output is up to date
+    assert "prepare_model" not in plan and "fetch_pretrained_model" not in plan
+    assert "layer2.tsv" in plan and "layer3.tsv" not in plan  # num_hidden_layers

@@ -181,6 +181,18 @@ def prepare_model(input, output, params, wildcards) -> None:
     )
 
 
+def convert_hf_model(input, output, params, wildcards) -> None:
+    """Write a Hugging Face ESM-2 directory as a fair-esm checkpoint, and check that it loads."""
+    from kneurons import hf_checkpoint, model
+
+    report = hf_checkpoint.convert_hf_esm2(Path(input.config).parent, output.checkpoint)
+    log.info("dropped on purpose (checked): %s", ", ".join(report["dropped"]) or "nothing")
+    esm2 = model.load_esm_checkpoint(output.checkpoint)
+    log.info(
+        "%s loads: %d parameters", output.checkpoint, sum(p.numel() for p in esm2.parameters())
+    )
+
+
 def finetune(input, output, params, wildcards) -> None:
     """Fine-tune ESM-2 plus a head for one seed; write the model and its metrics."""
     from kneurons import model, train

@@ -12,6 +12,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from kneurons.config import ConfigError, canonical, check_schema, conform
+from kneurons.hf_checkpoint import HFCheckpointError, read_hf_config, weight_files
 from kneurons.methods import REGISTRY as METHOD_REGISTRY
 
 min_version("9.0")
@@ -42,6 +43,19 @@ def settings(*mappings, **values):
         merged.update(mapping)
     merged.update(values)
     return canonical(merged)
+
+
+# fair-esm's ESM-2 releases, fetched by name (model.smk: fetch_pretrained_model)
+RELEASE_NAME = r"esm2_t(6_8M|12_35M|30_150M|33_650M|36_3B|48_15B)_UR50D"
+
+
+def hf_directory():
+    """model.name when it is a local Hugging Face ESM-2 directory (not tiny, a release name or
+    a .pt checkpoint), else None."""
+    name = config["model"]["name"]
+    if name == "tiny" or name.endswith(".pt") or re.fullmatch(RELEASE_NAME, name):
+        return None
+    return name
 
 
 def config_error(key, problem):
@@ -85,6 +99,24 @@ def check_config():
             config_error(
                 "model.num_layers", "is required when model.name is a checkpoint path"
             )
+    elif hf_directory():
+        if not Path(name).is_dir():
+            config_error(
+                "model.name",
+                f"{name} is not tiny, a fair-esm ESM-2 release name (esm2_t6_8M_UR50D, ...), "
+                "a .pt checkpoint or a Hugging Face ESM-2 directory",
+            )
+        if not Path(name, "config.json").is_file():
+            config_error(
+                "model.name",
+                f"{name} has no config.json (a Hugging Face ESM-2 directory holds "
+                "config.json and model.safetensors or pytorch_model.bin)",
+            )
+        try:
+            read_hf_config(name)
+            weight_files(name)
+        except HFCheckpointError as err:
+            config_error("model.name", str(err))
 
 
 check_config()
@@ -168,6 +200,24 @@ def code_version(*names):
     return f"{'+'.join(sorted(seen))}:{digest.hexdigest()[:12]}"
 
 
+@cache
+def hf_config():
+    """The architecture in the Hugging Face directory's config.json (checked)."""
+    return read_hf_config(hf_directory())
+
+
+def hf_inputs():
+    """The files of the Hugging Face directory the conversion reads (editing one reruns it)."""
+    directory = Path(hf_directory())
+    files = {
+        "config": str(directory / "config.json"),
+        "weights": [str(path) for path in weight_files(directory)],
+    }
+    if (directory / "vocab.txt").is_file():  # checked against ESM-2's alphabet
+        files["vocab"] = str(directory / "vocab.txt")
+    return files
+
+
 def model_checkpoint(wildcards):
     """The backbone a seed fine-tunes: its own tiny initialisation, or the configured model."""
     name = config["model"]["name"]
@@ -175,7 +225,14 @@ def model_checkpoint(wildcards):
         return name
     if name == "tiny":
         return f"resources/models/esm2_tiny_seed{wildcards.seed}.pt"
+    if hf_directory():
+        return converted_checkpoint()
     return f"resources/models/{name}.pt"
+
+
+def converted_checkpoint():
+    """Where a Hugging Face directory's conversion to fair-esm's format is written."""
+    return f"resources/models/{Path(config['model']['name']).resolve().name}.pt"
 
 
 def split_name(seed):
@@ -201,6 +258,8 @@ def num_layers():
         return config["model"]["tiny"]["num_layers"]
     if name.endswith(".pt"):
         return config["model"]["num_layers"]
+    if hf_directory():
+        return hf_config()["num_layers"]
     return int(re.match(r"esm2_t(\d+)_", name).group(1))
 
 

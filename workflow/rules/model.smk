@@ -41,6 +41,31 @@ rule fetch_pretrained_model:
         "../scripts/prepare_model.py"
 
 
+if hf_directory():
+
+    # A local Hugging Face ESM-2 directory (model.name), written once in fair-esm's format.
+    rule convert_hf_model:
+        input:
+            **hf_inputs(),
+        output:
+            checkpoint=converted_checkpoint(),
+            regression=converted_checkpoint().removesuffix(".pt") + "-contact-regression.pt",
+        log:
+            "results/logs/convert_hf_model.log",
+        benchmark:
+            "results/benchmarks/convert_hf_model.tsv"
+        conda:
+            "../../envs/kneurons.yaml"
+        params:
+            settings=settings(code=code_version("hf_checkpoint")),
+        script:
+            "../scripts/convert_hf_model.py"
+
+    # a directory named like a release (or esm2_tiny) writes the same file: the user's wins
+    ruleorder: convert_hf_model > fetch_pretrained_model
+    ruleorder: convert_hf_model > prepare_model
+
+
 rule finetune:
     input:
         checkpoint=model_checkpoint,
