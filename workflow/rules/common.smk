@@ -248,7 +248,9 @@ def split_settings(wildcards):
     """The split's fractions and its seed: the run seed's, or split.seed for the shared one."""
     fractions = {k: config["split"][k] for k in ("train", "validation", "test")}
     name = wildcards.split
-    seed = config["split"]["seed"] if name == "shared" else int(name.removeprefix("seed"))
+    seed = (
+        config["split"]["seed"] if name == "shared" else int(name.removeprefix("seed"))
+    )
     return settings(fractions, seed=seed, code=code_version("data"))
 
 
@@ -344,7 +346,9 @@ def layer_tables(wildcards):
 
 def seed_scores(wildcards):
     """The seed's score tables, in the order of scoring.methods."""
-    return expand("results/scores/seed{seed}/{method}.tsv", seed=wildcards.seed, method=METHODS)
+    return expand(
+        "results/scores/seed{seed}/{method}.tsv", seed=wildcards.seed, method=METHODS
+    )
 
 
 def evaluation_settings():

@@ -54,7 +54,8 @@ rule baselines:
         "../../envs/kneurons.yaml"
     params:
         settings=settings(
-            bootstrap=config["sweep"]["bootstrap"], code=code_version("baselines", "stats")
+            bootstrap=config["sweep"]["bootstrap"],
+            code=code_version("baselines", "stats"),
         ),
     script:
         "../scripts/baselines.py"

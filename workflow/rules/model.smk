@@ -49,7 +49,8 @@ if hf_directory():
             **hf_inputs(),
         output:
             checkpoint=converted_checkpoint(),
-            regression=converted_checkpoint().removesuffix(".pt") + "-contact-regression.pt",
+            regression=converted_checkpoint().removesuffix(".pt")
+            + "-contact-regression.pt",
         log:
             "results/logs/convert_hf_model.log",
         benchmark:

@@ -11,7 +11,9 @@ rule aggregate:
         summary=report(
             "results/summary.tsv", caption="../report/summary.rst", category="Tables"
         ),
-        tests=report("results/tests.tsv", caption="../report/tests.rst", category="Tables"),
+        tests=report(
+            "results/tests.tsv", caption="../report/tests.rst", category="Tables"
+        ),
         enrichment=report(
             "results/enrichment.tsv",
             caption="../report/enrichment.rst",
