@@ -185,6 +185,10 @@ def generate_synthetic(
     the rest is shuffled into the gaps; a motif plan that does not fit the counts is redrawn.
     Accidental motif occurrences are removed by swapping residues, which keeps the counts.
     So a sequence's composition and length carry no information about its class.
+    The price: plans are redrawn to fit the counts, so motifs rich in rare residues, decoys and
+    third motifs come less often than `motifs_per_sequence` and `decoy_rate` say (default data:
+    2.1-2.4 true motifs and 18-26% decoys per class instead of 2.5 and 30%; pdi_thioredoxin,
+    which needs W and two C, a third as often).
     `balance_composition=False` gives the earlier generator (motifs on top of independently
     drawn background, accidental occurrences redrawn), reproducing its tables exactly.
     Rows are shuffled deterministically; the same arguments give the same table.
