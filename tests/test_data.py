@@ -398,3 +398,38 @@ def test_read_labelled_round_trip(tmp_path, synthetic):
     back = read_labelled(path)
     assert back["motifs"].iloc[-1] == "" and back["ec_class"].dtype == "int64"
     assert back["sequence"].tolist()[:5] == synthetic["sequence"].head(5).tolist()
+
+
+def test_synthetic_composition_does_not_give_the_class_away():
+    from kneurons.baselines import composition_baseline
+
+    kw = dict(n_per_class=80, min_length=60, max_length=90, seed=0, motifs_per_sequence=(2, 3))
+    fractions = {"train": 0.6, "validation": 0.2, "test": 0.2}
+    balanced = stratified_split(generate_synthetic(**kw), fractions, seed=0)
+    unbalanced = stratified_split(
+        generate_synthetic(**kw, balance_composition=False), fractions, seed=0
+    )
+    assert composition_baseline(balanced)["accuracy"] < 0.3  # chance 1/6, 96 test rows
+    assert composition_baseline(unbalanced)["accuracy"] > 0.5
+
+
+def test_synthetic_balanced_residue_counts_match_across_classes():
+    df = generate_synthetic(150, 60, 90, seed=5)
+    counts = pd.DataFrame(
+        [
+            {r: s.count(r) for r in "WCHM"} | {"ec_class": c}
+            for s, c in zip(df["sequence"], df["ec_class"], strict=True)
+        ]
+    )
+    means = counts.groupby("ec_class").mean()
+    # rare residues the motifs need (W only in class 5 motifs, C, H, M) are as common anywhere
+    assert (means.max() - means.min()).max() < 0.6  # the earlier generator: 1.1-1.5
+
+
+def test_synthetic_unbalanced_reproduces_the_earlier_generator():
+    df = generate_synthetic(2, 60, 90, seed=0, balance_composition=False)
+    # first rows of the generator before composition balancing
+    assert list(df["sequence"][:2]) == [
+        "MLGPLYPESESSGKNSKACNEAIALNAVYEPVWSIGSGNDALEDVVQSYKLEKLREPFHQSGIIPMNH",
+        "MGLTPPGFTPDGKTATTIIFSLFAAEHAQWEPVKNALGGDMEGKLIARFKRMGKHLDDSVKKLDAISAIRSGTYLAQYQLLEAESHKLPA",
+    ]

@@ -82,6 +82,7 @@ def download(input, output, params, wildcards) -> None:
             mutation_rate=s["mutation_rate"],
             decoy_rate=s["decoy_rate"],
             motifs_per_sequence=tuple(s["motifs_per_sequence"]),
+            balance_composition=s["balance_composition"],
         )
         name = "synthetic"
     elif source == "uniprot":
