@@ -203,6 +203,15 @@ def download_params():
     return params
 
 
+def split_params():
+    """The split settings; identity and coverage only for a cluster split, so editing them
+    reruns nothing when split.method is random."""
+    params = dict(config["split"])
+    if params["method"] != "cluster":
+        del params["identity"], params["coverage"]
+    return params
+
+
 def download_code():
     """The code that decides the download: the UniProt client only when it is used."""
     if config["data"]["source"] == "uniprot":

@@ -23,6 +23,7 @@ rule split:
         table=rules.download.output.table,
     output:
         split="results/data/split.tsv",
+        report="results/data/split.json",
     log:
         "results/logs/split.log",
     benchmark:
@@ -30,6 +31,6 @@ rule split:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=settings(config["split"], code=code_version("data")),
+        settings=settings(split_params(), code=code_version("data", "clusters")),
     script:
         "../scripts/split.py"
