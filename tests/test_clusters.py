@@ -79,7 +79,7 @@ def test_clusters_are_the_planted_families_whatever_the_row_order(table, cluster
         "singletons": 0,
         "largest": 4,
         "mean_size": 4.0,
-        "size_distribution": {"4": 15},
+        "size_distribution": [[4, 15]],
     }
 
 
@@ -108,14 +108,25 @@ def test_cluster_split_deterministic_for_a_seed(table):
     assert any(not o.set_index("id")["split"].equals(first) for o in others)
 
 
+def test_small_class_reaches_every_split(table):
+    """Three clusters of 4, 4 and 2 (targets 6 / 2 / 2): filling by target alone gives
+    train at least two of them; here each split gets one, test the smallest."""
+    small = table[~table["id"].str.match(r"c3f[34]|c3f2m[12]")]  # class 3: families of 4, 4, 2
+    for seed in range(5):
+        out = clusters.cluster_split(small, FRACTIONS, seed, planted_clusters(small))
+        assert straddling(out) == []
+        counts = out[out["ec_class"] == 3].groupby("split").size().to_dict()
+        assert counts == {"train": 4, "validation": 4, "test": 2}
+
+
 def test_cluster_split_errors(table):
     planted = planted_clusters(table)
     with pytest.raises(DataError, match="sequence id c1f0m0 has no cluster"):
         clusters.cluster_split(table, FRACTIONS, 0, planted.drop("c1f0m0"))
-    # class 3 in two families: one for train, one for validation, none for test
+    # class 3 in two families: test gets one, train keeps the other, validation none
     small = table[~table["id"].str.match(r"c3f[234]")]
     with pytest.raises(
-        DataError, match=r"^class 3 has 8 sequences in 2 cluster\(s\), too few to give test a"
+        DataError, match=r"^class 3 has 8 sequences in 2 cluster\(s\), too few to give validation a"
     ):
         clusters.cluster_split(small, FRACTIONS, 0, planted)
     with pytest.raises(ValueError, match="sum to 1"):

@@ -138,11 +138,13 @@ def cluster_split(
     stratified by ec_class as far as the clusters allow.
 
     Targets per class are those of `data.stratified_split` (validation and test round-half-up
-    of n * fraction, at least 1). Clusters (sorted by id, then shuffled with the seed) go one by
-    one to the split that is least filled, relative to its target, for the cluster's majority
-    class (ties: smallest class) once the cluster is in (ties: a split without that class yet,
-    then total fill, then train, validation, test); so a big cluster lands where it overshoots
-    least, usually train.
+    of n * fraction, at least 1). A cluster counts for its majority class (ties: smallest).
+    Clusters are sorted by id, then shuffled with the seed. First, so that small classes reach
+    every split, test and then validation get the smallest cluster of each class (first in the
+    shuffled order among equals) while another is left for train. Then the others go one by
+    one to the split that is least filled, relative to its target, for the cluster's class once
+    the cluster is in (ties: a split without that class yet, then total fill, then train,
+    validation, test); so a big cluster lands where it overshoots least, usually train.
     DataError when a class ends up missing from a split. Output rows keep the input order.
     """
     fractions = data.check_split_input(table, fractions)
@@ -152,10 +154,11 @@ def cluster_split(
     if len(missing):
         raise data.DataError(f"sequence id {missing.iloc[0]} has no cluster")
     cluster_of = clusters.loc[ids.to_numpy()].to_numpy()
-    classes = sorted(int(c) for c in table["ec_class"].unique())
+    labels = table["ec_class"].to_numpy()
+    classes = sorted(int(c) for c in np.unique(labels))
     target = {s: Counter() for s in data.SPLITS}
     for cls in classes:
-        sizes = data.split_sizes(int((table["ec_class"] == cls).sum()), fractions, cls)
+        sizes = data.split_sizes(int((labels == cls).sum()), fractions, cls)
         for s in data.SPLITS:
             target[s][cls] = sizes[s]
     total_target = {s: sum(target[s].values()) for s in data.SPLITS}
@@ -163,18 +166,28 @@ def cluster_split(
     members: dict[str, list[int]] = {}
     for row, cid in enumerate(cluster_of):
         members.setdefault(str(cid), []).append(row)
-    labels = table["ec_class"].to_numpy()
     names = sorted(members)
-    order = np.random.default_rng(seed).permutation(len(names))
+    order = [names[k] for k in np.random.default_rng(seed).permutation(len(names))]
+    counts = {name: Counter(int(labels[r]) for r in members[name]) for name in order}
+    major = {name: min(c, key=lambda k, c=c: (-c[k], k)) for name, c in counts.items()}
     assigned = {s: Counter() for s in data.SPLITS}
     split = np.empty(len(table), dtype=object)
-    for k in order:
-        rows = members[names[k]]
-        counts = Counter(int(labels[r]) for r in rows)
-        major = min(counts, key=lambda c: (-counts[c], c))
-        chosen = _least_filled(counts, major, assigned, target, total_target)
-        assigned[chosen].update(counts)
-        split[rows] = chosen
+
+    def assign(name: str, chosen: str) -> None:
+        assigned[chosen].update(counts[name])
+        split[members[name]] = chosen
+
+    seeded: set[str] = set()
+    for cls in classes:
+        # stable sort: the shuffled order decides among clusters of the same size
+        own = sorted((n for n in order if major[n] == cls), key=lambda n: len(members[n]))
+        for s in ("test", "validation"):
+            if assigned[s][cls] == 0 and len(own) >= 2:
+                seeded.add(own[0])
+                assign(own.pop(0), s)
+    for name in order:
+        if name not in seeded:
+            assign(name, _least_filled(counts[name], major[name], assigned, target, total_target))
     for cls in classes:
         empty = [s for s in data.SPLITS if assigned[s][cls] == 0]
         if empty:
@@ -205,7 +218,7 @@ def _least_filled(counts: Counter, major: int, assigned: dict, target: dict, tot
 
 
 def cluster_summary(clusters: pd.Series) -> dict:
-    """Number of clusters and their size distribution ({size: number of clusters})."""
+    """Number of clusters and their size distribution ([size, number of clusters], by size)."""
     sizes = pd.Series(clusters).value_counts()
     distribution = sizes.value_counts().sort_index()
     return {
@@ -214,7 +227,7 @@ def cluster_summary(clusters: pd.Series) -> dict:
         "singletons": int((sizes == 1).sum()),
         "largest": int(sizes.max()) if len(sizes) else 0,
         "mean_size": float(sizes.mean()) if len(sizes) else 0.0,
-        "size_distribution": {str(size): int(n) for size, n in distribution.items()},
+        "size_distribution": [[int(size), int(n)] for size, n in distribution.items()],
     }
 
 
