@@ -106,6 +106,13 @@ def test_plot_style_change_reruns_only_plots(run_copy):
     assert counts == {"plots": 1, "all": 1}
 
 
+def test_cluster_settings_of_a_random_split_rerun_nothing(run_copy):
+    change_config(run_copy, {"split": {"identity": 0.5, "coverage": 0.5}})
+    counts = job_counts(run_copy)
+    report("split.identity, split.coverage changed (method random)", counts)
+    assert counts == {}
+
+
 @pytest.mark.parametrize(
     "module, expected",
     [
@@ -117,6 +124,10 @@ def test_plot_style_change_reruns_only_plots(run_copy):
             "data.py",
             {"download": 1, "split": 1, "finetune": 1, **SEED_SCORING}
             | {"evaluate": EVALUATIONS, **TAIL},
+        ),
+        (
+            "clusters.py",
+            {"split": 1, "finetune": 1, **SEED_SCORING, "evaluate": EVALUATIONS, **TAIL},
         ),
         ("report.py", {"aggregate": 1, "plots": 1, "all": 1}),
         ("download.py", {}),  # the UniProt client does not decide a synthetic run
