@@ -133,6 +133,16 @@ def test_cluster_split_errors(table):
         clusters.cluster_split(table, {"train": 0.5, "validation": 0.2, "test": 0.2}, 0, planted)
 
 
+def test_best_hits_per_query(tmp_path):
+    best = np.zeros(3)
+    (tmp_path / "none.m8").write_text("")  # MMseqs2 found nothing
+    clusters.best_hits(tmp_path / "none.m8", best)
+    assert best.tolist() == [0, 0, 0]
+    (tmp_path / "hits.m8").write_text("q2\tt0\t0.4\nq0\tt5\t0.9\nq2\tt1\t0.7\n")
+    clusters.best_hits(tmp_path / "hits.m8", best)
+    assert best.tolist() == [0.9, 0, 0.7]
+
+
 def test_identity_summary():
     summary = clusters.identity_summary([0.0, 0.2, 0.4, 0.6, 0.95])
     assert summary["min"] == 0 and summary["median"] == 0.4 and summary["max"] == 0.95

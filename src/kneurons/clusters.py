@@ -269,17 +269,18 @@ def max_identity_to_train(split_table: pd.DataFrame, threads: int = 1) -> np.nda
             ],
             "the split report's identity of test to train is measured",
         )
-        hits = pd.read_csv(
-            tmp / "hits.m8",
-            sep="\t",
-            header=None,
-            names=["query", "target", "fident"],
-        )
-    if len(hits):
-        per_query = hits.groupby("query")["fident"].max()
-        rows = per_query.index.str[1:].astype(int)
-        best[rows] = per_query.to_numpy()
+        best_hits(tmp / "hits.m8", best)
     return best
+
+
+def best_hits(path: Path, best: np.ndarray) -> None:
+    """Set best[i] to the highest identity of query q{i} in an MMseqs2 hit table (query, target,
+    fident), which is empty, not even a header, when nothing was found."""
+    if Path(path).stat().st_size == 0:
+        return
+    hits = pd.read_csv(path, sep="\t", header=None, names=["query", "target", "fident"])
+    per_query = hits.groupby("query")["fident"].max()
+    best[per_query.index.str[1:].astype(int)] = per_query.to_numpy()
 
 
 def identity_summary(identity) -> dict:
