@@ -120,6 +120,13 @@ def test_plot_style_change_reruns_only_plots(run_copy):
     assert counts == {"plots": 1, "all": 1}
 
 
+def test_cluster_settings_of_a_random_split_rerun_nothing(run_copy):
+    change_config(run_copy, {"split": {"identity": 0.5, "coverage": 0.5}})
+    counts = job_counts(run_copy)
+    report("split.identity, split.coverage changed (method random)", counts)
+    assert counts == {}
+
+
 AFTER_FINETUNE = per_seed({"finetune": 1, **SCORING, "evaluate": 1})
 
 
@@ -139,6 +146,10 @@ AFTER_FINETUNE = per_seed({"finetune": 1, **SCORING, "evaluate": 1})
         (
             "data.py",
             {"download": 1, **per_seed({"split": 1, "baselines": 1}), **AFTER_FINETUNE, **TAIL},
+        ),
+        (
+            "clusters.py",
+            {**per_seed({"split": 1, "baselines": 1}), **AFTER_FINETUNE, **TAIL},
         ),
         ("report.py", TAIL),
         ("download.py", {}),  # the UniProt client does not decide a synthetic run

@@ -893,6 +893,47 @@ def filter_sequences(
 # ---------------------------------------------------------------- splitting
 
 
+def check_split_input(df: pd.DataFrame, fractions: dict | None) -> dict:
+    """The fractions (default 0.7/0.15/0.15) after checking them and that ids are unique."""
+    fractions = dict(fractions or {"train": 0.7, "validation": 0.15, "test": 0.15})
+    if set(fractions) != set(SPLITS):
+        raise ValueError(f"fractions must have exactly the keys {SPLITS}, got {sorted(fractions)}")
+    if any(f <= 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
+        raise ValueError(f"fractions must be positive and sum to 1, got {fractions}")
+    if df["id"].duplicated().any():
+        raise DataError(f"duplicate id {df['id'][df['id'].duplicated()].iloc[0]} in split input")
+    return fractions
+
+
+def split_sizes(n: int, fractions: dict, cls: int) -> dict[str, int]:
+    """Sizes of the three splits for a class of n sequences: validation and test get
+    round-half-up of n * fraction but at least 1, train the rest (at least 1, else DataError)."""
+    sizes = {s: max(1, math.floor(n * fractions[s] + 0.5)) for s in ("validation", "test")}
+    if n - sum(sizes.values()) < 1:
+        raise DataError(f"class {cls} has {n} sequences; the split needs at least {len(SPLITS)}")
+    return {"train": n - sum(sizes.values()), **sizes}
+
+
+def cap_per_class(df: pd.DataFrame, per_class: int, seed: int) -> tuple[pd.DataFrame, Counter]:
+    """At most `per_class` rows of each ec_class (0 = no cap), like the UniProt download's
+    sample: ids sorted, then numpy.default_rng([seed, class]) picks which to keep, so the input
+    row order does not matter. Kept rows stay in input order. Returns (table, dropped reasons)."""
+    dropped: Counter = Counter()
+    if per_class <= 0:
+        return df, dropped
+    keep = []
+    for cls in sorted(df["ec_class"].unique()):
+        members = df.index[df["ec_class"] == cls]
+        if len(members) <= per_class:
+            keep.extend(members)
+            continue
+        ordered = members[np.argsort(df.loc[members, "id"].to_numpy(), kind="stable")]
+        rng = np.random.default_rng([seed, int(cls)])
+        keep.extend(ordered[rng.choice(len(ordered), size=per_class, replace=False)])
+        dropped[f"over {per_class} per class (seeded sample)"] += len(members) - per_class
+    return df.loc[sorted(keep)].reset_index(drop=True), dropped
+
+
 def stratified_split(
     df: pd.DataFrame, fractions: dict | None = None, seed: int = 0
 ) -> pd.DataFrame:
@@ -902,22 +943,12 @@ def stratified_split(
     matter); validation/test sizes are round-half-up of n * fraction but at least 1, and the
     remainder goes to train. Output rows keep the input order (index reset).
     """
-    fractions = dict(fractions or {"train": 0.7, "validation": 0.15, "test": 0.15})
-    if set(fractions) != set(SPLITS):
-        raise ValueError(f"fractions must have exactly the keys {SPLITS}, got {sorted(fractions)}")
-    if any(f <= 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
-        raise ValueError(f"fractions must be positive and sum to 1, got {fractions}")
-    if df["id"].duplicated().any():
-        raise DataError(f"duplicate id {df['id'][df['id'].duplicated()].iloc[0]} in split input")
+    fractions = check_split_input(df, fractions)
     split = pd.Series("", index=df.index, dtype=object)
     for cls in sorted(df["ec_class"].unique()):
         members = df.index[df["ec_class"] == cls]
         n = len(members)
-        sizes = {s: max(1, math.floor(n * fractions[s] + 0.5)) for s in ("validation", "test")}
-        if n - sum(sizes.values()) < 1:
-            raise DataError(
-                f"class {cls} has {n} sequences; the split needs at least {len(SPLITS)}"
-            )
+        sizes = split_sizes(n, fractions, cls)
         ordered = members[np.argsort(df.loc[members, "id"].to_numpy(), kind="stable")]
         shuffled = ordered[np.random.default_rng([seed, int(cls)]).permutation(n)]
         n_val = sizes["validation"]

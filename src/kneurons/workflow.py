@@ -129,6 +129,11 @@ def download(input, output, params, wildcards) -> None:
         labelled=source == "synthetic",
     )
     dropped.update(dropped_prepare)
+    if source == "table":
+        t = params["table"]
+        table, dropped_cap = data.cap_per_class(table, t["per_class"], t["seed"])
+        dropped.update(dropped_cap)
+        info["per_class"], info["seed"] = t["per_class"], t["seed"]
     info["dropped"] = dict(dropped)
     info["class_counts"] = {
         str(k): int(v) for k, v in table["ec_class"].value_counts().sort_index().items()
@@ -142,18 +147,61 @@ def download(input, output, params, wildcards) -> None:
 
 
 def split(input, output, params, wildcards) -> None:
-    """Write the stratified train/validation/test split of the sequences."""
+    """Write the train/validation/test split (`split.method`: random, stratified by class; or
+    cluster, whole MMseqs2 clusters per split) and its report: counts per split and class, the
+    clusters, and how close each test sequence is to the training set."""
+    from kneurons import clusters
+
     table = data.read_labelled(input.table)
     fractions = {k: params[k] for k in ("train", "validation", "test")}
+    method = params["method"]
+    report: dict = {"method": method, "seed": params["seed"], "fractions": fractions}
+    hint = "add sequences or remove the class from data.classes"
     try:
-        result = data.stratified_split(table, fractions, seed=params["seed"])
+        if method == "cluster":
+            report.update(identity=params["identity"], coverage=params["coverage"])
+            cluster_ids = clusters.cluster_sequences(
+                table, params["identity"], params["coverage"], threads=1
+            )
+            report["clusters"] = clusters.cluster_summary(cluster_ids)
+            log.info(
+                "%d clusters at identity %g, coverage %g: %d singletons, largest %d",
+                report["clusters"]["n_clusters"],
+                params["identity"],
+                params["coverage"],
+                report["clusters"]["singletons"],
+                report["clusters"]["largest"],
+            )
+            hint = f"raise split.identity, {hint}, or use split.method random"
+            result = clusters.cluster_split(table, fractions, params["seed"], cluster_ids)
+        else:
+            report["clusters"] = None  # a random split does not cluster
+            result = data.stratified_split(table, fractions, seed=params["seed"])
     except data.DataError as err:
-        raise data.DataError(
-            f"{input.table}: {err}; add sequences or remove the class from data.classes"
-        ) from None
+        raise data.DataError(f"{input.table}: {err}; {hint}") from None
     counts = result.groupby(["split", "ec_class"]).size().unstack(fill_value=0)
     log.info("split sizes per class:\n%s", counts.to_string())
+    report["counts"] = {
+        s: {str(c): int(n) for c, n in counts.loc[s].items()} if s in counts.index else {}
+        for s in data.SPLITS
+    }
+    report["mmseqs_version"] = clusters.mmseqs_version()
+    try:
+        identity = clusters.max_identity_to_train(result, threads=1)
+    except clusters.MMseqsMissing as err:
+        if method == "cluster":
+            raise
+        # a random split needs no MMseqs2: report what cannot be measured, do not fail
+        log.warning("%s; the report has no identity of test to train", err)
+        report["test_max_identity_to_train"] = None
+    else:
+        report["test_max_identity_to_train"] = clusters.identity_summary(identity)
+        log.info(
+            "test max identity to train: %s",
+            clusters.format_identity_summary(report["test_max_identity_to_train"]),
+        )
     io.write_tsv(result, output.split)
+    io.write_json(report, output.report)
 
 
 # --- model ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ rule split:
         table=rules.download.output.table,
     output:
         split="results/data/split/{split}.tsv",
+        report="results/data/split/{split}.json",
     log:
         "results/logs/split/{split}.log",
     benchmark:
