@@ -195,6 +195,10 @@ def finetune(input, output, params, wildcards) -> None:
         batch_size=params["batch_size"],
         max_length=params["max_length"],
         device=device,
+        class_weights_mode=params["class_weights"],
+        max_tokens=params["max_tokens"],
+        precision=params["precision"],
+        train_layers=params["train_layers"],
     )
     model.save_classifier(classifier, classes, params["max_length"], output.model)
     io.write_json(metrics, output.metrics)
