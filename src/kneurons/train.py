@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from kneurons.errors import UserError
-from kneurons.model import EnzymeClassifier, ablated, encode, load_esm_checkpoint
+from kneurons.model import EnzymeClassifier, ablated, autocast, encode, load_esm_checkpoint
 from kneurons.progress import format_seconds, progress
 
 log = logging.getLogger(__name__)
@@ -90,13 +89,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         cuda = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return "bf16" if cuda else "fp32"
     return precision
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on `device` for precision `bf16`; nothing for `fp32`."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def freeze_lower_layers(model: EnzymeClassifier, train_layers: int | None) -> int:
