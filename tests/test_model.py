@@ -132,6 +132,14 @@ def test_classification_metrics_by_hand():
     assert metrics["per_class_accuracy"] == {"1": 0.5, "2": 1.0, "3": 0.0}
     # F1: class1 p=.5 r=.5 -> .5; class2 p=2/3 r=1 -> .8; class3 0
     assert metrics["macro_f1"] == pytest.approx((0.5 + 0.8 + 0) / 3)
+    assert metrics["balanced_accuracy"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    # imbalanced: always predicting the majority class is accurate but not balanced-accurate
+    majority = classification_metrics([0] * 8 + [1, 2], [0] * 10, classes=[1, 2, 3])
+    assert majority["accuracy"] == pytest.approx(0.8)
+    assert majority["balanced_accuracy"] == pytest.approx((1 + 0 + 0) / 3)
+    # a class without test examples is left out of the mean recall (its recall is undefined)
+    absent = classification_metrics([0, 0, 1], [0, 1, 1], classes=[1, 2, 3])
+    assert absent["balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
 
 
 def test_logits_are_the_head_on_the_mean_residue_representation(tiny_classifier):

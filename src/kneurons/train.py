@@ -14,10 +14,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from kneurons.model import EnzymeClassifier, ablated, encode, load_esm_checkpoint
+from kneurons.errors import UserError
+from kneurons.model import EnzymeClassifier, ablated, autocast, encode, load_esm_checkpoint
 from kneurons.progress import format_seconds, progress
 
 log = logging.getLogger(__name__)
+
+CLASS_WEIGHTS = ("none", "balanced")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def seed_everything(seed: int) -> None:
@@ -35,6 +39,75 @@ def batches(
     return list(order.split(batch_size))
 
 
+def token_lengths(sequences: Sequence[str], max_length: int | None = None) -> list[int]:
+    """Tokens per sequence as `encode` makes them: residues (cut at `max_length`) plus BOS/EOS."""
+    return [min(len(s), max_length) + 2 if max_length else len(s) + 2 for s in sequences]
+
+
+def token_budget_batches(
+    lengths: Sequence[int], max_tokens: int, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
+    """Index batches whose padded size (items x longest, in tokens) is at most `max_tokens`.
+
+    Items are sorted by length and cut greedily; an item longer than the budget gets a batch of
+    its own. With `generator`, ties in length are broken and the batch order shuffled by it
+    (deterministic for a seed); without, batches come shortest first, ties by index.
+    """
+    n = len(lengths)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    # stable sort: equal lengths keep the (shuffled) order, so batches vary between epochs
+    order = sorted(order.tolist(), key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    for i in order:
+        # sorted ascending, so the newest item is the longest: padded size = count x its length
+        if chunks and (len(chunks[-1]) + 1) * lengths[i] <= max_tokens:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    if generator is not None:
+        chunks = [chunks[k] for k in torch.randperm(len(chunks), generator=generator).tolist()]
+    return [torch.tensor(c, dtype=torch.long) for c in chunks]
+
+
+def class_weights(labels: torch.Tensor, n_classes: int, mode: str) -> torch.Tensor | None:
+    """Cross-entropy class weights from train labels (N,): None for `none`; `balanced` is
+    n / (n_classes x n_c) (a class absent from `labels` gets 0: it is never a target)."""
+    if mode == "none":
+        return None
+    if mode != "balanced":
+        raise UserError(f"finetune.class_weights: unknown {mode!r}; expected none or balanced")
+    counts = torch.bincount(labels, minlength=n_classes).double()
+    weights = len(labels) / (n_classes * counts.clamp(min=1))
+    return weights.masked_fill(counts == 0, 0).float()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`fp32` or `bf16`: `auto` is bf16 on a CUDA device that supports it, else fp32."""
+    if precision not in PRECISIONS:
+        raise UserError(f"finetune.precision: unknown {precision!r}; expected auto, fp32 or bf16")
+    if precision == "auto":
+        cuda = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if cuda else "fp32"
+    return precision
+
+
+def freeze_lower_layers(model: EnzymeClassifier, train_layers: int | None) -> int:
+    """Train only the top `train_layers` transformer layers, the final layer norm and the head:
+    everything else gets requires_grad False. None or 0 trains all. Returns the number of
+    trainable parameters."""
+    n_layers = model.num_layers
+    if train_layers and not 0 < train_layers <= n_layers:
+        raise UserError(
+            f"finetune.train_layers: {train_layers} is more than the model's {n_layers} layers"
+        )
+    if train_layers:
+        model.esm.requires_grad_(False)
+        for layer in model.esm.layers[n_layers - train_layers :]:
+            layer.requires_grad_(True)
+        model.esm.emb_layer_norm_after.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 @torch.no_grad()
 def predict_proba(
     model: EnzymeClassifier,
@@ -43,15 +116,21 @@ def predict_proba(
     batch_size: int = 64,
     max_length: int | None = None,
     keep: Mapping | None = None,
+    max_tokens: int = 0,
 ) -> torch.Tensor:
-    """Class probabilities (N, C); `keep` ablates every unit marked False."""
+    """Class probabilities (N, C); `keep` ablates every unit marked False. `max_tokens` > 0
+    batches by padded tokens (`token_budget_batches`) instead of `batch_size` sequences."""
     model.eval()
     device = next(model.parameters()).device
     # Length-sorted batches pad less; results are put back in input order.
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    if max_tokens:
+        chunks = token_budget_batches(token_lengths(sequences, max_length), max_tokens)
+    else:
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        chunks = torch.tensor(order).split(batch_size)
     probs = torch.empty(len(sequences), model.head.out_features)
     with ablated(model, keep or {}):
-        for chunk in torch.tensor(order).split(batch_size):
+        for chunk in chunks:
             tokens = encode([sequences[i] for i in chunk], max_length).to(device)
             probs[chunk] = model(tokens).float().softmax(-1).cpu()
     return probs
@@ -60,9 +139,10 @@ def predict_proba(
 def classification_metrics(
     y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[int]
 ) -> dict:
-    """Accuracy, macro-F1 and per-class accuracy (recall); labels are class indices."""
+    """Accuracy, balanced accuracy, macro-F1 and per-class accuracy (recall); labels are class
+    indices. Balanced accuracy is the mean recall over the classes present in `y_true`."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    f1s, per_class = [], {}
+    f1s, per_class, recalls = [], {}, []
     for k, c in enumerate(classes):
         tp = int(((y_pred == k) & (y_true == k)).sum())
         n_true, n_pred = int((y_true == k).sum()), int((y_pred == k).sum())
@@ -70,8 +150,11 @@ def classification_metrics(
         recall = tp / n_true if n_true else 0.0
         f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
         per_class[str(c)] = recall
+        if n_true:
+            recalls.append(recall)
     return {
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0,
         "macro_f1": float(np.mean(f1s)),
         "per_class_accuracy": per_class,
         "n": int(len(y_true)),
@@ -86,12 +169,18 @@ def evaluate(
     batch_size: int = 64,
     max_length: int | None = None,
     keep: Mapping | None = None,
+    max_tokens: int = 0,
 ) -> dict:
     """Metrics of `model` on `table` (columns `sequence`, `ec_class`), optionally ablated."""
     index = {c: k for k, c in enumerate(classes)}
     y_true = [index[c] for c in table["ec_class"]]
     probs = predict_proba(
-        model, list(table["sequence"]), batch_size=batch_size, max_length=max_length, keep=keep
+        model,
+        list(table["sequence"]),
+        batch_size=batch_size,
+        max_length=max_length,
+        keep=keep,
+        max_tokens=max_tokens,
     )
     metrics = classification_metrics(y_true, probs.argmax(-1).tolist(), classes)
     metrics["loss"] = float(
@@ -120,10 +209,11 @@ def _optimiser(
     steps_per_epoch: int,
     epochs: int,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with a separate learning rate for the new head; one-epoch warm-up, cosine decay."""
+    """AdamW with a separate learning rate for the new head; one-epoch warm-up, cosine decay.
+    Frozen parameters (requires_grad False) are left out."""
     optimizer = torch.optim.AdamW(
         [
-            {"params": model.esm.parameters(), "lr": lr},
+            {"params": [p for p in model.esm.parameters() if p.requires_grad], "lr": lr},
             {"params": model.head.parameters(), "lr": head_lr},
         ],
         weight_decay=weight_decay,
@@ -142,15 +232,22 @@ def _train_epoch(
     max_length: int,
     device: torch.device,
     epoch: int,
+    weight: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> tuple[float, int]:
-    """One epoch over index batches `chunks` ((B,) each; labels (N,)): (summed loss, n correct)."""
+    """One epoch over index batches `chunks` ((B,) each; labels (N,)): (summed loss, n correct).
+    `weight`: cross-entropy class weights (C,); `precision` bf16 runs the forward in autocast."""
     model.train()
     total_loss, correct = 0.0, 0
+    weight = None if weight is None else weight.to(device)
     for chunk in progress(chunks, f"epoch {epoch}", summary=False):
         tokens = encode([sequences[i] for i in chunk], max_length).to(device)
         target = labels[chunk].to(device)
-        logits = model(tokens)
-        loss = nn.functional.cross_entropy(logits, target)
+        with autocast(device, precision):
+            logits = model(tokens)
+        if logits.dtype == torch.bfloat16:
+            logits = logits.float()  # the loss in float32
+        loss = nn.functional.cross_entropy(logits, target, weight=weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -197,7 +294,11 @@ def _final_metrics(
         "majority_baseline": float(counts.max() / counts.sum()),
         "best_epoch": best["epoch"],
         "history": history,
-        "validation": {"accuracy": best["val_accuracy"], "loss": best["val_loss"]},
+        "validation": {
+            "accuracy": best["val_accuracy"],
+            "balanced_accuracy": best["val_balanced_accuracy"],
+            "loss": best["val_loss"],
+        },
         "test": test_metrics,
         "device": str(device),
     }
@@ -215,8 +316,19 @@ def finetune(
     batch_size: int,
     max_length: int,
     device: torch.device,
+    class_weights_mode: str = "none",
+    max_tokens: int = 0,
+    precision: str = "auto",
+    train_layers: int | None = None,
 ) -> tuple[EnzymeClassifier, list[int], dict]:
-    """Train the whole model; keep the epoch with the best validation accuracy (first on ties)."""
+    """Train the model (or its top `train_layers` layers); keep the epoch with the best
+    validation accuracy (first on ties).
+
+    `class_weights_mode` balanced weights the cross-entropy by n / (n_classes x n_c) of the
+    train split; `max_tokens` > 0 batches by padded tokens instead of `batch_size` sequences;
+    `precision` (auto, fp32, bf16) is that of the training forward and backward passes.
+    Validation and test metrics are computed in float32, as the evaluate step does.
+    """
     seed_everything(seed)
     classes = sorted(int(c) for c in split["ec_class"].unique())
     index = {c: k for k, c in enumerate(classes)}
@@ -225,10 +337,18 @@ def finetune(
     test = split[split["split"] == "test"].reset_index(drop=True)
 
     model = EnzymeClassifier(load_esm_checkpoint(checkpoint), len(classes)).to(device)
-    steps_per_epoch = -(-len(train) // batch_size)
-    optimizer, scheduler = _optimiser(model, lr, head_lr, weight_decay, steps_per_epoch, epochs)
+    n_trainable = freeze_lower_layers(model, train_layers)
     labels = torch.tensor([index[c] for c in train["ec_class"]])
     sequences = list(train["sequence"])
+    lengths = token_lengths(sequences, max_length)
+    if max_tokens:
+        # the batch sizes depend only on the sorted lengths, so every epoch has this many
+        steps_per_epoch = len(token_budget_batches(lengths, max_tokens))
+    else:
+        steps_per_epoch = -(-len(train) // batch_size)
+    optimizer, scheduler = _optimiser(model, lr, head_lr, weight_decay, steps_per_epoch, epochs)
+    weight = class_weights(labels, len(classes), class_weights_mode)
+    precision = resolve_precision(precision, device)
     generator = torch.Generator().manual_seed(seed)
     history, best, best_state = [], None, None
     log.info(
@@ -237,33 +357,75 @@ def finetune(
         len(val),
         len(classes),
     )
+    log.info(
+        "trainable parameters: %d of %d (%s); precision %s; %s; class weights %s",
+        n_trainable,
+        sum(p.numel() for p in model.parameters()),
+        f"top {train_layers} of {model.num_layers} layers" if train_layers else "all layers",
+        precision,
+        f"batches of at most {max_tokens} tokens" if max_tokens else f"batch size {batch_size}",
+        "none"
+        if weight is None
+        else {c: round(w, 3) for c, w in zip(classes, weight.tolist(), strict=True)},
+    )
     started = time.monotonic()
     for epoch in range(1, epochs + 1):
         epoch_start = time.monotonic()
-        chunks = batches(len(train), batch_size, generator)
+        if max_tokens:
+            chunks = token_budget_batches(lengths, max_tokens, generator)
+        else:
+            chunks = batches(len(train), batch_size, generator)
         total_loss, correct = _train_epoch(
-            model, optimizer, scheduler, chunks, sequences, labels, max_length, device, epoch
+            model,
+            optimizer,
+            scheduler,
+            chunks,
+            sequences,
+            labels,
+            max_length,
+            device,
+            epoch,
+            weight,
+            precision,
         )
         train_seconds = time.monotonic() - epoch_start
-        val_metrics = evaluate(model, val, classes, batch_size=batch_size, max_length=max_length)
+        val_metrics = evaluate(
+            model,
+            val,
+            classes,
+            batch_size=batch_size,
+            max_length=max_length,
+            max_tokens=max_tokens,
+        )
         row = {
             "epoch": epoch,
             "train_loss": total_loss / len(train),
             "train_accuracy": correct / len(train),
             "val_loss": val_metrics["loss"],
             "val_accuracy": val_metrics["accuracy"],
+            "val_balanced_accuracy": val_metrics["balanced_accuracy"],
         }
         history.append(row)
         _log_epoch(row, epochs, len(train), train_seconds, time.monotonic() - started)
         if best is None or row["val_accuracy"] > best["val_accuracy"]:
             best, best_state = row, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
-    test_metrics = evaluate(model, test, classes, batch_size=batch_size, max_length=max_length)
+    test_metrics = evaluate(
+        model, test, classes, batch_size=batch_size, max_length=max_length, max_tokens=max_tokens
+    )
     metrics = _final_metrics(seed, classes, test, best, history, test_metrics, device)
+    metrics["training"] = {
+        "class_weights": None if weight is None else weight.tolist(),
+        "max_tokens": max_tokens,
+        "precision": precision,
+        "train_layers": train_layers or model.num_layers,
+        "trainable_parameters": n_trainable,
+    }
     log.info(
-        "best epoch %d: test accuracy %.4f macro-F1 %.4f",
+        "best epoch %d: test accuracy %.4f balanced accuracy %.4f macro-F1 %.4f",
         best["epoch"],
         test_metrics["accuracy"],
+        test_metrics["balanced_accuracy"],
         test_metrics["macro_f1"],
     )
     return model, classes, metrics

@@ -324,7 +324,7 @@ def scoring_settings(wildcards):
     method = METHOD_REGISTRY[wildcards.method]
     keys = ["modules", "granularity", *method.settings]
     if method.needs_model_pass:
-        keys += ["max_sequences", "device"]
+        keys += ["max_sequences", "device", "precision"]
     return settings(
         {key: config["scoring"][key] for key in keys},
         code=code_version("model", "scoring", f"methods.{method.name}"),
