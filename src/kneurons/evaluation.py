@@ -192,7 +192,7 @@ def evaluate_seed(
             "ci_low": low,
             "ci_high": high,
             "macro_f1": metrics["macro_f1"],
-            "balanced_accuracy": float(np.mean(list(metrics["per_class_accuracy"].values()))),
+            "balanced_accuracy": metrics["balanced_accuracy"],
         }
         if item.selected is None:
             row.update(n_total=np.nan, n_kept=np.nan, n_effective=np.nan)
