@@ -39,6 +39,8 @@ def _row(seed, selection, method, scope, r, draw, accuracy, n_kept=np.nan):
         "ci_high": accuracy + 0.05,
         "macro_f1": accuracy,
         "balanced_accuracy": accuracy,
+        "balanced_ci_low": accuracy - 0.05,
+        "balanced_ci_high": accuracy + 0.05,
     }
 
 
@@ -76,7 +78,18 @@ def _kept(seed, method, r, rng):
     return rows
 
 
-def _write_inputs(tmp_path: Path, full_accuracy=0.9, composition=0.3):
+def _baseline(accuracy: float) -> dict:
+    return {
+        "accuracy": accuracy,
+        "ci_low": accuracy - 0.05,
+        "ci_high": accuracy + 0.05,
+        "balanced_accuracy": accuracy,
+        "balanced_ci_low": accuracy - 0.05,
+        "balanced_ci_high": accuracy + 0.05,
+    }
+
+
+def _write_inputs(tmp_path: Path, full_accuracy=0.9, composition=0.3, class_counts=None):
     rng = np.random.default_rng(7)
     finetune, results, kept, baselines = [], [], [], []
     for seed in SEEDS:
@@ -134,12 +147,10 @@ def _write_inputs(tmp_path: Path, full_accuracy=0.9, composition=0.3):
         base.write_text(
             json.dumps(
                 {
-                    "majority": {"accuracy": 0.2, "ci_low": 0.16, "ci_high": 0.24},
-                    "composition": {
-                        "accuracy": composition,
-                        "ci_low": composition - 0.05,
-                        "ci_high": composition + 0.05,
-                    },
+                    "majority": _baseline(0.2),
+                    "composition": _baseline(composition),
+                    "class_counts": class_counts or {"1": 10, "2": 10, "3": 10},
+                    "n_classes": 3,
                 }
             )
         )
@@ -189,7 +200,7 @@ def test_summary_interval_is_the_t_interval_over_seeds(written):
     accuracy, summary = tables["accuracy"], tables["summary"]
     per_seed = accuracy[(accuracy["method"] == "good") & (accuracy["scope"] == "global")]
     per_seed = per_seed[(per_seed["selection"] == "scored") & (per_seed["retention"] == 0.1)]
-    values = per_seed["accuracy"].to_numpy()
+    values = per_seed["value"].to_numpy()
     half = sps.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
     row = summary[
         (summary["selection"] == "scored")
@@ -260,3 +271,19 @@ def test_plots_are_written(written, tmp_path):
     paths = plots.make_all_plots(Tables, tmp_path / "plots", {"dpi": 40})
     assert len(paths) == 2 * len(plots.OUTPUT_NAMES)
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_imbalanced_classes_make_balanced_accuracy_the_headline(tmp_path):
+    assert report.headline_metric([{"class_counts": {"1": 10, "2": 15}}]) == "accuracy"
+    assert report.headline_metric([{"class_counts": {"1": 10, "2": 16}}]) == "balanced_accuracy"
+    assert report.headline_metric([{"class_counts": {"1": 10}, "n_classes": 2}]) == (
+        "balanced_accuracy"
+    )
+    inputs = _write_inputs(tmp_path, class_counts={"1": 30, "2": 10, "3": 10})
+    outputs = _outputs(tmp_path)
+    report.write_outputs(*inputs, outputs)
+    md = outputs["markdown"].read_text()
+    assert "Headline metric: balanced accuracy" in md
+    assert "## Balanced test accuracy of the pruned models" in md
+    summary = pd.read_csv(outputs["summary"], sep="\t")
+    assert set(summary["metric"]) == {"balanced_accuracy"}

@@ -115,15 +115,19 @@ def composition_baseline(split_table: pd.DataFrame, classes=None, seed: int = 0)
 def majority_baseline(split_table: pd.DataFrame) -> dict:
     """Always answer the most common train class (smallest class on ties), scored on 'test'.
 
-    Returns {majority_class, accuracy, n_test, correct} with `correct` 0/1 per test row.
+    Returns {majority_class, accuracy, balanced_accuracy, n_test, correct} with `correct` 0/1
+    per test row; balanced accuracy is 1 / (classes in test) when the majority class is among
+    them.
     """
     parts = _parts(split_table)
     counts = parts["train"]["ec_class"].astype(int).value_counts()
     majority = int(min(counts.index[counts == counts.max()]))
-    correct = (parts["test"]["ec_class"].to_numpy(dtype=int) == majority).astype(int)
+    truth = parts["test"]["ec_class"].to_numpy(dtype=int)
+    correct = (truth == majority).astype(int)
     return {
         "majority_class": majority,
         "accuracy": float(correct.mean()),
+        "balanced_accuracy": _balanced_accuracy(truth, np.full_like(truth, majority)),
         "n_test": len(correct),
         "correct": correct.tolist(),
     }

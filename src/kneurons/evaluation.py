@@ -46,6 +46,8 @@ RESULT_COLUMNS = [
     "ci_high",
     "macro_f1",
     "balanced_accuracy",
+    "balanced_ci_low",
+    "balanced_ci_high",
 ]
 KEPT_COLUMNS = ["seed", "method", "retention", "layer", "module", "n_neurons", "n_kept"]
 KEPT_COLUMNS += ["n_effective"]
@@ -181,6 +183,9 @@ def evaluate_seed(
         correct = (predicted == y_true).astype(float)
         metrics = train.classification_metrics(y_true, predicted, classes)
         low, high = stats.bootstrap_ci(correct, n_boot=settings.bootstrap, seed=seed)
+        b_low, b_high = stats.bootstrap_balanced_ci(
+            correct, y_true, n_boot=settings.bootstrap, seed=seed
+        )
         row = {
             "seed": seed,
             "selection": item.selection,
@@ -193,6 +198,8 @@ def evaluate_seed(
             "ci_high": high,
             "macro_f1": metrics["macro_f1"],
             "balanced_accuracy": metrics["balanced_accuracy"],
+            "balanced_ci_low": b_low,
+            "balanced_ci_high": b_high,
         }
         if item.selected is None:
             row.update(n_total=np.nan, n_kept=np.nan, n_effective=np.nan)

@@ -27,6 +27,7 @@ from kneurons.report import (
     FOCUS_MODULE,
     FULL_METHOD,
     GLOBAL,
+    METRIC_LABELS,
     RANDOM,
     format_retention,
     method_order,
@@ -123,7 +124,7 @@ def _selected(summary: pd.DataFrame, selection: str, method: str, scope: str) ->
 def _mean_with_interval(ax, rows: pd.DataFrame, color: str, label: str, **line) -> None:
     """Mean per ratio with its 95% interval as error bars (none where undefined)."""
     x = rows["retention"].to_numpy(dtype=float)
-    mean = rows["accuracy_mean"].to_numpy(dtype=float)
+    mean = rows["value_mean"].to_numpy(dtype=float)
     low = (mean - rows["ci_low"].to_numpy(dtype=float)).clip(min=0)
     high = (rows["ci_high"].to_numpy(dtype=float) - mean).clip(min=0)
     ax.errorbar(
@@ -152,13 +153,13 @@ def _method_curves(ax, summary, accuracy, methods: list[str], colors: dict) -> N
             & (accuracy["scope"] == GLOBAL)
         ]
         jitter = 1 + 0.03 * (k - (len(methods) - 1) / 2)
-        ax.plot(points["retention"] * jitter, points["accuracy"], ".", color=c, alpha=0.5, ms=5)
+        ax.plot(points["retention"] * jitter, points["value"], ".", color=c, alpha=0.5, ms=5)
         _mean_with_interval(ax, _selected(summary, "scored", method, GLOBAL), c, method, lw=1.8)
         matched = _selected(summary, "matched", method, GLOBAL)
         if not matched.empty:
             ax.plot(
                 matched["retention"],
-                matched["accuracy_mean"],
+                matched["value_mean"],
                 ls="--",
                 color=c,
                 lw=1,
@@ -171,7 +172,7 @@ def _random_band(ax, summary: pd.DataFrame) -> None:
     if rows.empty:
         return
     x = rows["retention"].to_numpy(dtype=float)
-    ax.plot(x, rows["accuracy_mean"], color="0.45", lw=1.5, marker="s", ms=3, label=RANDOM)
+    ax.plot(x, rows["value_mean"], color="0.45", lw=1.5, marker="s", ms=3, label=RANDOM)
     ax.fill_between(x, rows["ci_low"], rows["ci_high"], color="0.6", alpha=0.3, lw=0)
 
 
@@ -184,14 +185,16 @@ def _reference_lines(ax, summary: pd.DataFrame, chance: float | None) -> None:
         row = summary[(summary["selection"] == "baseline") & (summary["method"] == name)]
         if row.empty:
             continue
-        value = float(row["accuracy_mean"].iloc[0])
+        value = float(row["value_mean"].iloc[0])
         label = "composition baseline" if name == "composition" else "majority class"
         ax.axhline(value, color="0.2", ls=style, lw=1.2, label=f"{label} ({value:.3f})")
     if chance is not None and np.isfinite(chance):
         ax.axhline(chance, color="0.6", ls=":", lw=1, label=f"chance ({chance:.3f})")
 
 
-def _retention_axes(ax, retentions: Iterable[float], scored: str = "neurons") -> None:
+def _retention_axes(
+    ax, retentions: Iterable[float], scored: str = "neurons", metric: str = "test accuracy"
+) -> None:
     """Log retention axis with one labelled tick per ratio (100% on the left), labels, grid."""
     rets = sorted(set(retentions) | {1.0})
     ax.set_xscale("log")
@@ -201,7 +204,7 @@ def _retention_axes(ax, retentions: Iterable[float], scored: str = "neurons") ->
     ax.set_xlim(max(rets) * 1.25, min(rets) / 1.25)  # 100% on the left: more pruning ->
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(f"retention ratio r (% of scored {scored} kept, log scale)")
-    ax.set_ylabel("test accuracy (fraction correct)")
+    ax.set_ylabel(metric)
     ax.set_title(f"Test accuracy after keeping the top-r {scored} and ablating the rest")
     ax.grid(True, which="major", alpha=0.3)
 
@@ -225,7 +228,7 @@ def plot_accuracy_vs_retention(
         _random_band(ax, summary)
         _reference_lines(ax, summary, chance)
         ratios = summary.loc[summary["scope"] == GLOBAL, "retention"].dropna().astype(float)
-        _retention_axes(ax, ratios, st["scored"])
+        _retention_axes(ax, ratios, st["scored"], METRIC_LABELS[summary["metric"].iloc[0]])
         fig.legend(
             loc="outside right upper", frameon=False, title=f"points: seeds\nbars: {INTERVAL}"
         )
@@ -258,7 +261,7 @@ def plot_module_pruning(
                 rows = _selected(within, selection, method, module)
                 _mean_with_interval(ax, rows, colors[method], method, lw=1.5)
             if not full.empty:
-                ax.axhline(float(full["accuracy_mean"].iloc[0]), color="black", ls="--", lw=1)
+                ax.axhline(float(full["value_mean"].iloc[0]), color="black", ls="--", lw=1)
             ratios = within.loc[within["scope"] == module, "retention"].astype(float)
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(FixedLocator(sorted(set(ratios))))
@@ -271,7 +274,7 @@ def plot_module_pruning(
             )
             ax.grid(True, alpha=0.3)
             if j % n_cols == 0:
-                ax.set_ylabel("test accuracy")
+                ax.set_ylabel(METRIC_LABELS[summary["metric"].iloc[0]])
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
         fig.suptitle(

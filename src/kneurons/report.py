@@ -74,20 +74,34 @@ def _p(p: float) -> str:
 # ----------------------------------------------------------------------------- per-seed tables
 
 
-def accuracy_table(results: pd.DataFrame, baselines: Sequence[dict], seeds: Sequence[int]):
-    """Per (seed, selection, method, scope, retention): accuracy. Random and matched-random rows
-    are the mean over their draws (`n_draws`, `draws_sd`); a single model keeps its bootstrap
-    interval. The baselines come as rows with selection 'baseline'."""
+def accuracy_table(
+    results: pd.DataFrame,
+    baselines: Sequence[dict],
+    seeds: Sequence[int],
+    metric: str = "accuracy",
+) -> pd.DataFrame:
+    """Per (seed, selection, method, scope, retention): `value` is the headline metric
+    (`metric`: accuracy or balanced_accuracy) with its 95% bootstrap interval; accuracy,
+    balanced accuracy and macro-F1 beside it. Random and matched-random rows are the mean over
+    their draws (`n_draws`, `draws_sd`; no interval of their own). The baselines come as rows
+    with selection 'baseline'."""
+    prefix = "" if metric == "accuracy" else "balanced_"
+    results = results.assign(
+        value=results[metric],
+        ci_low=results[f"{prefix}ci_low"],
+        ci_high=results[f"{prefix}ci_high"],
+    )
     keys = ["seed", "selection", "method", "scope", "retention"]
     grouped = results.groupby(keys, sort=False, dropna=False)
     table = grouped.agg(
-        accuracy=("accuracy", "mean"),
+        value=("value", "mean"),
         ci_low=("ci_low", "first"),
         ci_high=("ci_high", "first"),
-        draws_sd=("accuracy", "std"),
-        n_draws=("accuracy", "size"),
-        macro_f1=("macro_f1", "mean"),
+        draws_sd=("value", "std"),
+        n_draws=("value", "size"),
+        accuracy=("accuracy", "mean"),
         balanced_accuracy=("balanced_accuracy", "mean"),
+        macro_f1=("macro_f1", "mean"),
         n_kept=("n_kept", "mean"),
         n_effective=("n_effective", "mean"),
         n_total=("n_total", "first"),
@@ -106,38 +120,62 @@ def accuracy_table(results: pd.DataFrame, baselines: Sequence[dict], seeds: Sequ
                     "method": name,
                     "scope": GLOBAL,
                     "retention": np.nan,
-                    "accuracy": b["accuracy"],
-                    "ci_low": b["ci_low"],
-                    "ci_high": b["ci_high"],
+                    "value": b[metric],
+                    "ci_low": b[f"{prefix}ci_low"],
+                    "ci_high": b[f"{prefix}ci_high"],
                     "n_draws": 1,
-                    "macro_f1": b.get("macro_f1", np.nan),
+                    "accuracy": b["accuracy"],
                     "balanced_accuracy": b.get("balanced_accuracy", np.nan),
+                    "macro_f1": b.get("macro_f1", np.nan),
                 }
             )
-    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+    table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+    return table.assign(metric=metric)
+
+
+def headline_metric(baselines: Sequence[dict]) -> str:
+    """balanced_accuracy when any seed's test split is imbalanced (its largest class more than
+    1.5 times its smallest, or a class missing), else accuracy: with imbalanced classes
+    accuracy rewards the majority class."""
+    for b in baselines:
+        counts = list(b.get("class_counts", {}).values())
+        if counts and (
+            len(counts) < b.get("n_classes", len(counts)) or max(counts) > 1.5 * min(counts)
+        ):
+            return "balanced_accuracy"
+    return "accuracy"
 
 
 def summary_table(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Across seeds: mean accuracy with its 95% t-interval per (selection, method, scope,
-    retention), in the accuracy table's order."""
+    """Across seeds: the headline metric's mean with its 95% t-interval per (selection, method,
+    scope, retention), in the accuracy table's order."""
     keys = ["selection", "method", "scope", "retention"]
     rows = []
     for key, group in accuracy.groupby(keys, sort=False, dropna=False):
-        mean, low, high = stats.mean_interval(group["accuracy"].to_numpy())
+        mean, low, high = stats.mean_interval(group["value"].to_numpy())
         effective = (group["n_effective"] / group["n_kept"]).mean()
         rows.append(
             {
                 **dict(zip(keys, key, strict=True)),
                 "n_seeds": len(group),
-                "accuracy_mean": mean,
+                "metric": group["metric"].iloc[0],
+                "value_mean": mean,
                 "ci_low": low,
                 "ci_high": high,
+                "accuracy_mean": group["accuracy"].mean(),
                 "balanced_accuracy_mean": group["balanced_accuracy"].mean(),
                 "macro_f1_mean": group["macro_f1"].mean(),
                 "effective_fraction": effective,
             }
         )
     return pd.DataFrame(rows)
+
+
+METRIC_LABELS = {"accuracy": "test accuracy", "balanced_accuracy": "balanced test accuracy"}
+
+
+def _label(summary: pd.DataFrame) -> str:
+    return METRIC_LABELS[summary["metric"].iloc[0]]
 
 
 def _per_seed(accuracy: pd.DataFrame, selection: str, method: str, scope: str, r: float):
@@ -147,7 +185,7 @@ def _per_seed(accuracy: pd.DataFrame, selection: str, method: str, scope: str, r
         & (accuracy["scope"] == scope)
         & np.isclose(accuracy["retention"].fillna(-1), r)
     )
-    return accuracy[match].set_index("seed")["accuracy"]
+    return accuracy[match].set_index("seed")["value"]
 
 
 def tests_table(accuracy: pd.DataFrame) -> pd.DataFrame:
@@ -247,8 +285,8 @@ def enrichment_table(kept: pd.DataFrame, summary: pd.DataFrame, chance: float) -
         at_chance = bool(
             not accuracy.empty
             and (
-                accuracy["ci_low"].fillna(accuracy["accuracy_mean"]).iloc[0] <= chance
-                or accuracy["accuracy_mean"].iloc[0] <= chance
+                accuracy["ci_low"].fillna(accuracy["value_mean"]).iloc[0] <= chance
+                or accuracy["value_mean"].iloc[0] <= chance
             )
         )
         rows.append(
@@ -326,7 +364,7 @@ def _summary_row(summary: pd.DataFrame, selection: str, method: str, scope: str,
 
 def _cell(summary, selection, method, scope, r) -> str:
     row = _summary_row(summary, selection, method, scope, r)
-    return "–" if row is None else _interval(row.accuracy_mean, row.ci_low, row.ci_high)
+    return "–" if row is None else _interval(row.value_mean, row.ci_low, row.ci_high)
 
 
 def _model_lines(summary: pd.DataFrame, accuracy: pd.DataFrame, chance: float) -> list[str]:
@@ -357,18 +395,16 @@ def _model_lines(summary: pd.DataFrame, accuracy: pd.DataFrame, chance: float) -
             "",
         ]
     lines += ["## The full model and its baselines", ""]
-    rows = [["full model", _interval(full.accuracy_mean, full.ci_low, full.ci_high)]]
+    rows = [["full model", _interval(full.value_mean, full.ci_low, full.ci_high)]]
     for name, b, _ in comparisons:
         label = "majority class" if name == "majority" else "composition (residues + length)"
-        rows.append([f"{label} baseline", _interval(b.accuracy_mean, b.ci_low, b.ci_high)])
+        rows.append([f"{label} baseline", _interval(b.value_mean, b.ci_low, b.ci_high)])
     rows.append(["chance (1 / classes)", f"{chance:.3f}"])
-    lines += _md_table(["model", "test accuracy, mean [95% CI over seeds]"], rows)
+    lines += _md_table(["model", f"{_label(summary)}, mean [95% CI over seeds]"], rows)
     per_seed = accuracy[accuracy["selection"] == "full"].sort_values("seed")
     text = "; ".join(
         f"seed {s}: {a:.3f} [{lo:.3f}, {hi:.3f}]"
-        for s, a, lo, hi in per_seed[["seed", "accuracy", "ci_low", "ci_high"]].itertuples(
-            index=False
-        )
+        for s, a, lo, hi in per_seed[["seed", "value", "ci_low", "ci_high"]].itertuples(index=False)
     )
     lines += [f"Per seed (95% bootstrap interval over test sequences): {text}.", ""]
     return lines
@@ -379,7 +415,7 @@ def _accuracy_lines(summary: pd.DataFrame, tests: pd.DataFrame, n_draws: dict) -
     ratios = sorted(glob["retention"].unique(), reverse=True)
     methods = method_order(glob[glob["selection"] == "scored"]["method"])
     lines = [
-        "## Test accuracy of the pruned models",
+        f"## {_label(summary).capitalize()} of the pruned models",
         "",
         "Mean [95% t-interval over seeds]. Random: the mean of "
         f"{n_draws.get('random', '?')} uniform selections per seed; matched random: "
@@ -403,7 +439,8 @@ def _accuracy_lines(summary: pd.DataFrame, tests: pd.DataFrame, n_draws: dict) -
     lines += [
         "### Does a method beat random?",
         "",
-        "Per seed, the method's accuracy minus the mean of that seed's random draws; mean "
+        f"Per seed, the method's {_label(summary)} minus the mean of that seed's random draws; "
+        "mean "
         "[95% t-interval], two-sided paired t-test over seeds (the seed is the replicate; with 5 "
         "seeds a sign-flip or Wilcoxon test cannot go below p = 0.0625), Holm-corrected over "
         f"methods x ratios within each comparison. Significant: Holm p < {ALPHA}.",
@@ -435,7 +472,8 @@ def _module_lines(summary: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
         "## Within-module pruning",
         "",
         "Each module type alone pruned to the ratio (top units by each method, or at random), "
-        "every other module intact; mean test accuracy [95% t-interval over seeds]. The method - "
+        f"every other module intact; mean {_label(summary)} [95% t-interval over seeds]. "
+        "The method - "
         "random difference and its Holm p (over modules x ratios x methods) follow each cell.",
         "",
     ]
@@ -562,6 +600,13 @@ def summary_markdown(
         "replicate (split, initialisation, training, scoring subset, random draws).",
         "",
     ]
+    if summary["metric"].iloc[0] == "balanced_accuracy":
+        lines += [
+            "Headline metric: balanced accuracy (mean per-class recall), because the test "
+            "classes are imbalanced (largest class more than 1.5x the smallest, or a class "
+            "missing); plain accuracy and macro-F1 are in results/accuracy.tsv.",
+            "",
+        ]
     if granularity == "weight":
         lines += [
             "Granularity: per weight. Every weight of a scored Linear module was scored, kept or "
@@ -592,12 +637,13 @@ def write_outputs(
     granularities = set(results.pop("granularity")) if "granularity" in results else {"unit"}
     if len(granularities) > 1:
         raise ValueError(f"evaluations mix granularities {sorted(granularities)}")
-    accuracy = accuracy_table(results, baselines, seeds)
+    metric = headline_metric(baselines)
+    accuracy = accuracy_table(results, baselines, seeds, metric)
     summary = summary_table(accuracy)
     tests = tests_table(accuracy)
     chance = max(
         float(np.mean([m["chance"] for m in metrics])),
-        float(np.mean([b["majority"]["accuracy"] for b in baselines])),
+        float(np.mean([b["majority"][metric] for b in baselines])),
     )
     enrichment = enrichment_table(kept, summary, chance)
     focus = focus_tests(_pooled(kept)) if not kept.empty else pd.DataFrame()

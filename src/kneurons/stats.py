@@ -44,6 +44,29 @@ def bootstrap_ci(
     return percentile_interval(bootstrap_means(values, indices), level)
 
 
+def bootstrap_balanced_ci(
+    correct: Sequence[float],
+    labels: Sequence[int],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of balanced accuracy (the mean over classes of the
+    per-class share correct), resampling sequences as `bootstrap_ci` does (same seed, same
+    resamples); a class absent from a resample is left out of that replicate's mean."""
+    correct = np.asarray(correct, dtype=float)
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, len(correct), size=(n_boot, len(correct)))
+    per_class = []
+    for label in np.unique(labels):
+        member = (labels == label)[indices]
+        hits = (correct[indices] * member).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class.append(np.where(member.any(axis=1), hits / member.sum(axis=1), np.nan))
+    return percentile_interval(np.nanmean(np.vstack(per_class), axis=0), level)
+
+
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high): the Student-t interval of the mean (e.g. across seeds). One value
     has no spread to estimate: (value, nan, nan)."""

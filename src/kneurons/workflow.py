@@ -359,6 +359,7 @@ def baselines(input, output, params, wildcards) -> None:
     from kneurons import stats
 
     split_table = data.read_labelled(input.split)
+    test = split_table[split_table["split"] == "test"]
     result = {}
     for name, fit in (
         ("majority", baseline_models.majority_baseline),
@@ -370,11 +371,23 @@ def baselines(input, output, params, wildcards) -> None:
             metrics = fit(split_table, sorted(split_table["ec_class"].unique()), seed=0)
         correct = np.asarray(metrics.pop("correct"), dtype=float)
         low, high = stats.bootstrap_ci(correct, n_boot=params["bootstrap"], seed=0)
-        result[name] = {**metrics, "ci_low": low, "ci_high": high}
+        b_low, b_high = stats.bootstrap_balanced_ci(
+            correct, test["ec_class"].to_numpy(), n_boot=params["bootstrap"], seed=0
+        )
+        result[name] = {
+            **metrics,
+            "ci_low": low,
+            "ci_high": high,
+            "balanced_ci_low": b_low,
+            "balanced_ci_high": b_high,
+        }
         log.info(
             "%s baseline: test accuracy %.3f [%.3f, %.3f]", name, metrics["accuracy"], low, high
         )
-    result["n_test"] = int((split_table["split"] == "test").sum())
+    result["n_test"] = len(test)
+    result["class_counts"] = {
+        str(c): int(n) for c, n in test["ec_class"].value_counts().sort_index().items()
+    }
     result["n_classes"] = int(split_table["ec_class"].nunique())
     io.write_json(result, output.baselines)
 
