@@ -513,9 +513,10 @@ def _enrichment_lines(enrichment: pd.DataFrame, focus: pd.DataFrame, granularity
         "pooled over layers; mean [95% t-interval over seeds]. p: exact one-sided p of the "
         "pooled kept count against same-size random selections (hypergeometric), Holm over "
         "every row of results/enrichment.tsv. Effective: the share of kept units that can "
-        "affect the output (a q or k unit needs its partner k or q unit, a v unit in its head "
-        "and an out_proj unit in its layer; an fc1 unit needs an fc2 unit), and the "
-        "enrichment counted over effective units only.",
+        "affect the output (a q or k unit needs a kept k or q unit that it meets in the "
+        "attention logit, the same index or its rotary partner, a kept v unit in its head and a "
+        "kept out_proj unit in its layer; a v unit needs a kept out_proj unit; an fc1 unit a "
+        "kept fc2 unit), and the enrichment counted over effective units only.",
         "",
     ]
     rows = []
@@ -580,6 +581,29 @@ def _enrichment_lines(enrichment: pd.DataFrame, focus: pd.DataFrame, granularity
     return lines
 
 
+def _effective_lines(summary: pd.DataFrame) -> list[str]:
+    """The share of all kept units that can affect the output, per selection and ratio."""
+    glob = summary[(summary["scope"] == GLOBAL) & summary["selection"].isin(["scored", "random"])]
+    glob = glob.dropna(subset=["effective_fraction"])
+    if glob.empty:
+        return []
+    ratios = sorted(glob["retention"].unique(), reverse=True)
+    rows = []
+    for method in method_order(glob["method"]):
+        sub = glob[glob["method"] == method]
+        cells = []
+        for r in ratios:
+            match = sub[np.isclose(sub["retention"], r)]
+            cells.append(f"{match['effective_fraction'].iloc[0]:.2f}" if len(match) else "–")
+        rows.append([method, *cells])
+    return [
+        "Share of all kept units that can affect the output (mean over seeds; random: over "
+        "its draws too):",
+        "",
+        *_md_table(["selection", *(format_retention(r) for r in ratios)], rows),
+    ]
+
+
 def summary_markdown(
     summary: pd.DataFrame,
     accuracy: pd.DataFrame,
@@ -617,6 +641,7 @@ def summary_markdown(
     lines += _accuracy_lines(summary, tests, n_draws)
     lines += _module_lines(summary, tests[tests["scope"] != GLOBAL] if len(tests) else tests)
     lines += _enrichment_lines(enrichment, focus, granularity)
+    lines += _effective_lines(summary)
     return "\n".join(lines)
 
 
