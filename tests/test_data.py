@@ -16,6 +16,7 @@ from kneurons.data import (
     ec_top_class,
     filter_sequences,
     find_motifs,
+    format_motifs,
     generate_synthetic,
     parse_motifs,
     read_fasta,
@@ -141,6 +142,20 @@ def test_parse_motifs():
     ]
     with pytest.raises(DataError, match="malformed motif"):
         parse_motifs("a:1:5:weird")
+
+
+def test_parse_motifs_feature_kind_and_length():
+    entries = parse_motifs(" act_site:4:5:feature ; binding:0:3:feature", length=5)
+    assert [(e["name"], e["start"], e["end"], e["kind"]) for e in entries] == [
+        ("act_site", 4, 5, "feature"),
+        ("binding", 0, 3, "feature"),
+    ]
+    assert format_motifs(entries) == "act_site:4:5:feature;binding:0:3:feature"
+    with pytest.raises(DataError, match="ends at 6, beyond the sequence .length 5."):
+        parse_motifs("a:4:6:feature", length=5)
+    for bad in ("a:5:5:true", ":1:2:true", "a:-1:2:true", "a:1:2"):
+        with pytest.raises(DataError, match="malformed motif entry"):
+            parse_motifs(bad)
 
 
 # ---------------------------------------------------------------- EC numbers
@@ -271,6 +286,54 @@ def test_read_input_fasta_told_from_content(tmp_path):
     assert df["id"].tolist() == ["A1"]
     with pytest.raises(DataError, match="no such file"):
         read_input(tmp_path / "missing.tsv")
+
+
+ANNOTATED_TSV = (
+    "Entry\tEC number\tSequence\tSites\n"
+    "P1\t1.1.1.1\tMKVLAGG\tbinding:1:3:feature; p_loop:2:7:true\n"
+    "P2\t2.7.11.1\tMSTPQ\t\n"
+    "P3\t3.1.1.1\tMAAAA\tact_site:4:5:feature\n"
+)
+
+
+def test_read_table_motif_column(tmp_path):
+    path = _write(tmp_path / "annotated.tsv", ANNOTATED_TSV)
+    df, dropped = read_table(path, motif_column="Sites")
+    assert list(df.columns) == COLUMNS and not dropped
+    assert df["motifs"].tolist() == [
+        "binding:1:3:feature;p_loop:2:7:true",
+        "",
+        "act_site:4:5:feature",
+    ]
+    assert parse_motifs(df["motifs"][2], len(df["sequence"][2]))[0]["end"] == 5
+    assert read_input(path, motif_column="Sites")[0].equals(df)
+    # without motif_column the annotations are not read
+    assert (read_table(path)[0]["motifs"] == "").all()
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("act_site:5:6:feature", r"row 3 \(id P3\): motif entry 'act_site:5:6:feature' ends at 6"),
+        ("act_site:4:5:site", r"row 3 \(id P3\): malformed motif entry 'act_site:4:5:site'"),
+        ("act_site:4", r"row 3 \(id P3\): malformed motif entry 'act_site:4'"),
+    ],
+)
+def test_read_table_motif_column_errors_name_file_record_and_entry(tmp_path, row, message):
+    text = ANNOTATED_TSV.replace("act_site:4:5:feature", row)
+    path = _write(tmp_path / "annotated.tsv", text)
+    with pytest.raises(DataError, match=message) as err:
+        read_table(path, motif_column="Sites")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_read_table_motif_column_missing_or_fasta(tmp_path):
+    path = _write(tmp_path / "plain.tsv", UNIPROT_TSV)
+    with pytest.raises(DataError, match=r"missing column\(s\) \['Sites'\]"):
+        read_table(path, motif_column="Sites")
+    fasta = _write(tmp_path / "seqs.fasta", ">A1 EC=1.1.1.1\nMKV\n")
+    with pytest.raises(DataError, match="FASTA has no columns, so no motif column 'Sites'"):
+        read_input(fasta, motif_column="Sites")
 
 
 def _write(path, text):

@@ -115,6 +115,7 @@ def download(input, output, params, wildcards) -> None:
             id_column=t["id_column"],
             ec_column=t["ec_column"],
             sequence_column=t["sequence_column"],
+            motif_column=t.get("motif_column", ""),
         )
         dropped.update(dropped_read)
         info["table"] = str(Path(path).resolve())
