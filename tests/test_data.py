@@ -336,6 +336,40 @@ def test_read_table_motif_column_missing_or_fasta(tmp_path):
         read_input(fasta, motif_column="Sites")
 
 
+def test_download_step_keeps_a_tables_motif_column(tmp_path):
+    from types import SimpleNamespace
+
+    from kneurons import workflow
+
+    rows = [(f"A{c}{i}", f"{c}.1.1.1", "M" + STANDARD_RESIDUES * 4) for c in (1, 2) for i in (1, 2)]
+    rows = [(rid, ec, seq[: i + 60]) for i, (rid, ec, seq) in enumerate(rows)]  # distinct
+    text = "id,ec,seq,sites\n" + "".join(
+        f"{rid},{ec},{seq},act_site:{i}:{i + 1}:feature;m:0:3:true\n"
+        for i, (rid, ec, seq) in enumerate(rows)
+    )
+    path = _write(tmp_path / "mine.csv", text)
+    columns = {"id_column": "id", "ec_column": "ec", "sequence_column": "seq"}
+    params = {
+        "source": "table",
+        "classes": [1, 2],
+        "min_length": 50,
+        "max_length": 1000,
+        "nonstandard": "drop",
+        "table": {**columns, "motif_column": "sites", "per_class": 0, "seed": 0},
+    }
+    out = SimpleNamespace(table=tmp_path / "sequences.tsv", info=tmp_path / "download.json")
+    workflow.download(SimpleNamespace(table=str(path)), out, params, {})
+    kept = read_labelled(out.table)
+    assert kept["motifs"].tolist() == [f"act_site:{i}:{i + 1}:feature;m:0:3:true" for i in range(4)]
+    _write(path, text.replace("act_site:3:4:feature", "act_site:3:99:feature"))
+    with pytest.raises(DataError) as err:
+        workflow.download(SimpleNamespace(table=str(path)), out, params, {})
+    assert str(err.value) == (
+        f"{path}: row 4 (id A22): motif entry 'act_site:3:99:feature' ends at 99, "
+        "beyond the sequence (length 63)"
+    )
+
+
 def _write(path, text):
     path.write_bytes(text.encode())
     return path
