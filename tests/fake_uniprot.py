@@ -6,8 +6,9 @@
         assert server.count("/uniprotkb/search") == ...
 
 Endpoints:
-  /uniprotkb/search  paginated TSV (Entry, EC number, Sequence) of `entries` filtered by the
-                     query's EC class and length range; `Link: <...>; rel="next"` cursors,
+  /uniprotkb/search  paginated TSV (Entry, EC number, Sequence, then the feature columns of
+                     FEATURES that `fields` asks for) of `entries` filtered by the query's EC
+                     class and length range; `Link: <...>; rel="next"` cursors,
                      X-Total-Results, X-UniProt-Release(-Date); gzip if the client accepts it.
   /files/<name>      the bytes in `files[name]` (name may contain slashes).
 
@@ -44,7 +45,7 @@ import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -60,11 +61,18 @@ class Fault:
     body: str = "injected fault"
 
 
+# The sequence-feature fields the fake serves, with UniProt's TSV headers.
+FEATURES = {"ft_act_site": "Active site", "ft_binding": "Binding site", "ft_motif": "Motif"}
+BASE_FIELDS = ["accession", "ec", "sequence"]
+
+
 @dataclass
 class Entry:
     accession: str
     ec: str  # UniProt style: "1.1.1.1; 2.7.1.1"
     sequence: str
+    # field -> TSV text, e.g. {"ft_act_site": 'ACT_SITE 38; /note="Proton acceptor"'}
+    features: dict[str, str] = field(default_factory=dict)
 
     def in_class(self, ec_class: int) -> bool:
         return any(ec.strip().startswith(f"{ec_class}.") for ec in self.ec.split(";"))
@@ -148,14 +156,17 @@ class FakeServer:
     def search(self, params: dict, fault: Fault | None) -> tuple[int, dict, bytes]:
         query = params.get("query", "")
         ec_class, length = _CLASS.search(query), _LENGTH.search(query)
+        fields = params.get("fields", "").split(",")
         if (
             "(reviewed:true)" not in query
             or not ec_class
             or not length
             or params.get("format") != "tsv"
-            or params.get("fields") != "accession,ec,sequence"
+            or fields[:3] != BASE_FIELDS
+            or not set(fields[3:]) <= set(FEATURES)
         ):
             return 400, {}, f"bad search request: {params}".encode()
+        extra = fields[3:]
         c, lo, hi = int(ec_class.group(1)), int(length.group(1)), int(length.group(2))
         matches = [e for e in self.entries if e.in_class(c) and lo <= len(e.sequence) <= hi]
         size = int(params.get("size", 25))
@@ -164,12 +175,14 @@ class FakeServer:
         kind = fault.kind if fault else None
         if kind == "missing_rows":
             page = page[:-1]
-        header = (
-            "Entry\tEntry Name\tSequence"
-            if kind == "wrong_columns"
-            else "Entry\tEC number\tSequence"
-        )
-        body = header + "\n" + "".join(f"{e.accession}\t{e.ec}\t{e.sequence}\n" for e in page)
+        names = ["Entry", "Entry Name" if kind == "wrong_columns" else "EC number", "Sequence"]
+        header = "\t".join(names + [FEATURES[f] for f in extra])
+        body = header + "\n"
+        for e in page:
+            body += "\t".join(
+                [e.accession, e.ec, e.sequence, *(e.features.get(f, "") for f in extra)]
+            )
+            body += "\n"
         total = len(matches) + (7 if fault and fault.kind == "wrong_total" else 0)
         headers = {
             "Content-Type": "text/plain; format=tsv",

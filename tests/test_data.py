@@ -16,6 +16,7 @@ from kneurons.data import (
     ec_top_class,
     filter_sequences,
     find_motifs,
+    format_motifs,
     generate_synthetic,
     parse_motifs,
     read_fasta,
@@ -141,6 +142,20 @@ def test_parse_motifs():
     ]
     with pytest.raises(DataError, match="malformed motif"):
         parse_motifs("a:1:5:weird")
+
+
+def test_parse_motifs_feature_kind_and_length():
+    entries = parse_motifs(" act_site:4:5:feature ; binding:0:3:feature", length=5)
+    assert [(e["name"], e["start"], e["end"], e["kind"]) for e in entries] == [
+        ("act_site", 4, 5, "feature"),
+        ("binding", 0, 3, "feature"),
+    ]
+    assert format_motifs(entries) == "act_site:4:5:feature;binding:0:3:feature"
+    with pytest.raises(DataError, match="ends at 6, beyond the sequence .length 5."):
+        parse_motifs("a:4:6:feature", length=5)
+    for bad in ("a:5:5:true", ":1:2:true", "a:-1:2:true", "a:1:2"):
+        with pytest.raises(DataError, match="malformed motif entry"):
+            parse_motifs(bad)
 
 
 # ---------------------------------------------------------------- EC numbers
@@ -271,6 +286,88 @@ def test_read_input_fasta_told_from_content(tmp_path):
     assert df["id"].tolist() == ["A1"]
     with pytest.raises(DataError, match="no such file"):
         read_input(tmp_path / "missing.tsv")
+
+
+ANNOTATED_TSV = (
+    "Entry\tEC number\tSequence\tSites\n"
+    "P1\t1.1.1.1\tMKVLAGG\tbinding:1:3:feature; p_loop:2:7:true\n"
+    "P2\t2.7.11.1\tMSTPQ\t\n"
+    "P3\t3.1.1.1\tMAAAA\tact_site:4:5:feature\n"
+)
+
+
+def test_read_table_motif_column(tmp_path):
+    path = _write(tmp_path / "annotated.tsv", ANNOTATED_TSV)
+    df, dropped = read_table(path, motif_column="Sites")
+    assert list(df.columns) == COLUMNS and not dropped
+    assert df["motifs"].tolist() == [
+        "binding:1:3:feature;p_loop:2:7:true",
+        "",
+        "act_site:4:5:feature",
+    ]
+    assert parse_motifs(df["motifs"][2], len(df["sequence"][2]))[0]["end"] == 5
+    assert read_input(path, motif_column="Sites")[0].equals(df)
+    # without motif_column the annotations are not read
+    assert (read_table(path)[0]["motifs"] == "").all()
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("act_site:5:6:feature", r"row 3 \(id P3\): motif entry 'act_site:5:6:feature' ends at 6"),
+        ("act_site:4:5:site", r"row 3 \(id P3\): malformed motif entry 'act_site:4:5:site'"),
+        ("act_site:4", r"row 3 \(id P3\): malformed motif entry 'act_site:4'"),
+    ],
+)
+def test_read_table_motif_column_errors_name_file_record_and_entry(tmp_path, row, message):
+    text = ANNOTATED_TSV.replace("act_site:4:5:feature", row)
+    path = _write(tmp_path / "annotated.tsv", text)
+    with pytest.raises(DataError, match=message) as err:
+        read_table(path, motif_column="Sites")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_read_table_motif_column_missing_or_fasta(tmp_path):
+    path = _write(tmp_path / "plain.tsv", UNIPROT_TSV)
+    with pytest.raises(DataError, match=r"missing column\(s\) \['Sites'\]"):
+        read_table(path, motif_column="Sites")
+    fasta = _write(tmp_path / "seqs.fasta", ">A1 EC=1.1.1.1\nMKV\n")
+    with pytest.raises(DataError, match="FASTA has no columns, so no motif column 'Sites'"):
+        read_input(fasta, motif_column="Sites")
+
+
+def test_download_step_keeps_a_tables_motif_column(tmp_path):
+    from types import SimpleNamespace
+
+    from kneurons import workflow
+
+    rows = [(f"A{c}{i}", f"{c}.1.1.1", "M" + STANDARD_RESIDUES * 4) for c in (1, 2) for i in (1, 2)]
+    rows = [(rid, ec, seq[: i + 60]) for i, (rid, ec, seq) in enumerate(rows)]  # distinct
+    text = "id,ec,seq,sites\n" + "".join(
+        f"{rid},{ec},{seq},act_site:{i}:{i + 1}:feature;m:0:3:true\n"
+        for i, (rid, ec, seq) in enumerate(rows)
+    )
+    path = _write(tmp_path / "mine.csv", text)
+    columns = {"id_column": "id", "ec_column": "ec", "sequence_column": "seq"}
+    params = {
+        "source": "table",
+        "classes": [1, 2],
+        "min_length": 50,
+        "max_length": 1000,
+        "nonstandard": "drop",
+        "table": {**columns, "motif_column": "sites", "per_class": 0, "seed": 0},
+    }
+    out = SimpleNamespace(table=tmp_path / "sequences.tsv", info=tmp_path / "download.json")
+    workflow.download(SimpleNamespace(table=str(path)), out, params, {})
+    kept = read_labelled(out.table)
+    assert kept["motifs"].tolist() == [f"act_site:{i}:{i + 1}:feature;m:0:3:true" for i in range(4)]
+    _write(path, text.replace("act_site:3:4:feature", "act_site:3:99:feature"))
+    with pytest.raises(DataError) as err:
+        workflow.download(SimpleNamespace(table=str(path)), out, params, {})
+    assert str(err.value) == (
+        f"{path}: row 4 (id A22): motif entry 'act_site:3:99:feature' ends at 99, "
+        "beyond the sequence (length 63)"
+    )
 
 
 def _write(path, text):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import random
 import socket
 import threading
@@ -14,6 +15,7 @@ import pytest
 import requests
 import torch
 
+from kneurons import data, workflow
 from kneurons import download as dl
 from kneurons.download import (
     DownloadError,
@@ -388,6 +390,137 @@ def test_uniprot_release_change_mid_pagination_is_reported(server, tmp_path, mon
         download_uniprot(tmp_path / "u.tsv", base_url=server.url, classes=(1,), page_size=PAGE)
     assert server.count() == 2  # no retries: a new release will not go away
     assert leftovers(tmp_path) == []
+
+
+# --- sequence features ------------------------------------------------------------------------
+
+FEATURED = [
+    Entry(
+        "F0001",
+        "1.1.1.1",
+        "M" + "A" * 59,  # 60 residues
+        {
+            "ft_act_site": 'ACT_SITE 1; /note="Proton acceptor"; /evidence="ECO:0000255"; '
+            'ACT_SITE 60; /evidence="ECO:0000269|PubMed:1"',
+            "ft_binding": 'BINDING 10..15; /ligand="NAD(+)"; /ligand_id="ChEBI:CHEBI:57540"; '
+            'BINDING 58..61; /ligand="Zn(2+)"; BINDING ?..20; /ligand="a; b"',
+            "ft_motif": 'MOTIF 30..34; /note="HIGH region"; MOTIF 40..42',
+        },
+    ),
+    Entry("F0002", "1.2.1.1", "M" + "C" * 69),  # no features
+    Entry("F0003", "1.1.1.2", "M" + "D" * 79, {"ft_motif": "MOTIF 80..80"}),
+]
+FEATURED_MOTIFS = {
+    "F0001": "act_site:0:1:feature;binding:9:15:feature;high_region:29:34:feature;"
+    "motif:39:42:feature;act_site:59:60:feature",
+    "F0002": "",
+    "F0003": "motif:79:80:feature",
+}
+
+
+def test_uniprot_features_asked_for_only_when_on(tmp_path):
+    with FakeServer(FEATURED) as server:
+        off = download_uniprot(tmp_path / "off.tsv", base_url=server.url, classes=(1,))
+        on = download_uniprot(tmp_path / "on.tsv", base_url=server.url, classes=(1,), features=True)
+        fields = [r["params"]["fields"] for r in server.log]
+    assert fields == [
+        "accession,ec,sequence",
+        "accession,ec,sequence,ft_act_site,ft_binding,ft_motif",
+    ]
+    assert off["fields"] == fields[0] and on["fields"] == fields[1]
+    assert off["features_dropped"] == {}
+    table = pd.read_csv(tmp_path / "off.tsv", sep="\t", dtype=str)
+    assert list(table.columns) == ["Entry", "EC number", "Sequence", "query_class"]
+
+
+def test_uniprot_features_become_motifs(tmp_path):
+    out = tmp_path / "u.tsv"
+    with FakeServer(FEATURED) as server:
+        info = download_uniprot(out, base_url=server.url, classes=(1,), features=True)
+    table = pd.read_csv(out, sep="\t", dtype=str, keep_default_na=False)
+    assert list(table.columns) == ["Entry", "EC number", "Sequence", "motifs", "query_class"]
+    assert dict(zip(table["Entry"], table["motifs"], strict=True)) == FEATURED_MOTIFS
+    # 1-based inclusive -> 0-based half-open: residue 1 is sequence[0], 10..15 is [9:15]
+    entries = data.parse_motifs(FEATURED_MOTIFS["F0001"], length=60)
+    assert [e["kind"] for e in entries] == ["feature"] * 5
+    # BINDING 58..61 runs past the 60 residues; BINDING ?..20 has an unknown start
+    assert info["features_dropped"] == {
+        dl.FEATURE_OUTSIDE: 1,
+        dl.FEATURE_UNPARSABLE: 1,
+    }
+
+
+def test_uniprot_features_count_in_dropped_and_off_leaves_motifs_empty(tmp_path):
+    params = {
+        "source": "uniprot",
+        "classes": [1, 2],
+        "min_length": 50,
+        "max_length": 1000,
+        "nonstandard": "drop",
+    }
+    extra = [Entry("G0001", "2.1.1.1", "M" + "G" * 59, {"ft_act_site": "ACT_SITE 99"})]
+    with FakeServer(FEATURED + extra) as server:
+        uniprot = {"url": server.url, "per_class": 10, "seed": 0, "retries": 0, "timeout": 5}
+        results = {}
+        for features in (False, True):
+            out = argparse.Namespace(
+                table=tmp_path / f"{features}.tsv", info=tmp_path / f"{features}.json"
+            )
+            settings = {**params, "uniprot": {**uniprot, "features": features}}
+            workflow.download(argparse.Namespace(), out, settings, {})
+            results[features] = (data.read_labelled(out.table), json.loads(out.info.read_text()))
+    table, info = results[False]
+    assert (table["motifs"] == "").all() and len(table) == 4
+    assert info["dropped"] == {}
+    table, info = results[True]
+    assert dict(zip(table["id"], table["motifs"], strict=True)) == {**FEATURED_MOTIFS, "G0001": ""}
+    assert info["dropped"] == {dl.FEATURE_OUTSIDE: 2, dl.FEATURE_UNPARSABLE: 1}
+
+
+def test_uniprot_features_page_missing_a_column_is_retried_then_fails(tmp_path, monkeypatch):
+    with FakeServer(FEATURED) as server:
+        original = server.search
+
+        def short_rows(params, fault):
+            status, headers, body = original(params, fault)
+            lines = body.decode().split("\n")
+            cut = [lines[0]] + ["\t".join(line.split("\t")[:-1]) for line in lines[1:-1]]
+            return status, headers, ("\n".join(cut) + "\n").encode()
+
+        monkeypatch.setattr(server, "search", short_rows)
+        with pytest.raises(DownloadError) as err:
+            download_uniprot(
+                tmp_path / "u.tsv",
+                base_url=server.url,
+                classes=(1,),
+                features=True,
+                retries=1,
+                backoff=0,
+            )
+        assert server.count() == 2
+    assert_one_line(str(err.value), "2 attempts", "a row has other than 6 fields")
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "text, motifs, dropped",
+    [
+        ("", "", {}),
+        ("ACT_SITE 5", "act_site:4:5:feature", {}),
+        ('ACT_SITE 5; /note="a"; ACT_SITE 5; /note="b"', "act_site:4:5:feature", {}),
+        ('MOTIF 2..4; /note="Zinc-finger (C2H2)"', "zinc_finger_c2h2:1:4:feature", {}),
+        ("BINDING 0..3", "", {"outside": 1}),
+        ("BINDING 5..3", "", {"unparsable": 1}),
+        ("BINDING <1..3; BINDING 4..>9; BINDING ?", "", {"unparsable": 3}),
+        ('/note="orphan"; BINDING 1..2', "binding:0:2:feature", {"unparsable": 1}),
+        ("binding 1..2", "", {"unparsable": 1}),
+    ],
+)
+def test_features_to_motifs(text, motifs, dropped):
+    reasons = {"outside": dl.FEATURE_OUTSIDE, "unparsable": dl.FEATURE_UNPARSABLE}
+    got, bad = dl.features_to_motifs([text], 10)
+    assert got == motifs
+    assert bad == {reasons[k]: n for k, n in dropped.items()}
 
 
 # --- files and checkpoints --------------------------------------------------------------------

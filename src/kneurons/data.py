@@ -2,7 +2,9 @@
 
 Every table has exactly the columns of `COLUMNS`:
   id (str), sequence (str, uppercase), ec_numbers (str, EC numbers joined by ";"),
-  ec_class (int, top-level EC class; 0 = not assigned yet), motifs (str; "" for real data).
+  ec_class (int, top-level EC class; 0 = not assigned yet), motifs (str, "name:start:end:kind"
+  joined by ";", 0-based half-open positions: planted motifs of synthetic data; for real data
+  UniProt features or a user table's motif column, else "").
 
 Real data flows read_table / read_fasta -> assign_classes -> filter_sequences -> stratified_split;
 each step returns the dropped-row reasons as a Counter so the workflow can log them.
@@ -72,7 +74,9 @@ SYNTHETIC_EC = {
     6: "6.1.1.1",
 }
 
-MOTIF_KINDS = ("true", "mutated", "decoy")
+# true/mutated/decoy: planted in synthetic data; feature: annotated in real data (a UniProt
+# sequence feature or a user's own annotation).
+MOTIF_KINDS = ("true", "mutated", "decoy", "feature")
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
 
 _EC_RE = re.compile(r"(\d+)\.(\d+|-)\.(\d+|-)\.(n?\d+|-)")
@@ -131,20 +135,35 @@ def find_motifs(sequence: str) -> list[tuple[str, int]]:
     return [(name, m.start()) for name, rx in _REGEX.items() for m in rx.finditer(sequence)]
 
 
-def parse_motifs(s: str) -> list[dict]:
-    """Parse the `motifs` column: "name:start:end:kind;..." -> [{name, start, end, kind}, ...]."""
+def parse_motifs(s: str, length: int | None = None) -> list[dict]:
+    """Parse the `motifs` column: "name:start:end:kind;..." -> [{name, start, end, kind}, ...].
+
+    Positions are 0-based, half-open ([start, end) of the sequence string); with `length`, an
+    entry must also lie within a sequence of that length. Raises DataError naming the entry.
+    """
     out = []
     for entry in str(s).split(";"):
         if not entry.strip():
             continue
         parts = entry.strip().split(":")
-        if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit():
+        if len(parts) != 4 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
             raise DataError(f"malformed motif entry {entry!r}: expected name:start:end:kind")
         name, start, end, kind = parts[0], int(parts[1]), int(parts[2]), parts[3]
-        if kind not in MOTIF_KINDS or end <= start:
+        if kind not in MOTIF_KINDS:
             raise DataError(f"malformed motif entry {entry!r}: kind must be one of {MOTIF_KINDS}")
+        if end <= start:
+            raise DataError(f"malformed motif entry {entry!r}: end must be greater than start")
+        if length is not None and end > length:
+            raise DataError(
+                f"motif entry {entry!r} ends at {end}, beyond the sequence (length {length})"
+            )
         out.append({"name": name, "start": start, "end": end, "kind": kind})
     return out
+
+
+def format_motifs(entries) -> str:
+    """The `motifs` column text of parsed entries (dicts as `parse_motifs` returns)."""
+    return ";".join(f"{e['name']}:{e['start']}:{e['end']}:{e['kind']}" for e in entries)
 
 
 # ---------------------------------------------------------------- synthetic data
@@ -608,11 +627,12 @@ def _strip_gz(path: Path) -> str:
 
 
 def _collect(records, source: str) -> tuple[pd.DataFrame, Counter]:
-    """records: (where, id, sequence, raw_ec) -> table with unassigned class, dropped reasons."""
+    """records: (where, id, sequence, raw_ec, raw_motifs) -> table with unassigned class,
+    dropped reasons. Motifs are checked against the sequence (see `parse_motifs`)."""
     dropped: Counter = Counter()
     seen: dict[str, tuple[str, str]] = {}
     rows = []
-    for where, rid, seq, raw_ec in records:
+    for where, rid, seq, raw_ec, raw_motifs in records:
         rid = rid.strip()
         seq = "".join(seq.split()).upper()
         if not rid:
@@ -620,6 +640,10 @@ def _collect(records, source: str) -> tuple[pd.DataFrame, Counter]:
         if not seq:
             raise DataError(f"{source}: {where} (id {rid}): empty sequence")
         ec = _normalise_ec(raw_ec, f"{source}: {where} (id {rid})")
+        try:
+            motifs = format_motifs(parse_motifs(raw_motifs, len(seq)))
+        except DataError as err:
+            raise DataError(f"{source}: {where} (id {rid}): {err}") from None
         if rid in seen:
             first_where, first_seq = seen[rid]
             if first_seq != seq:
@@ -633,14 +657,14 @@ def _collect(records, source: str) -> tuple[pd.DataFrame, Counter]:
         if not ec:
             dropped["no EC number"] += 1
             continue
-        rows.append((rid, seq, ec))
+        rows.append((rid, seq, ec, motifs))
     df = _as_table(
         {
             "id": [r[0] for r in rows],
             "sequence": [r[1] for r in rows],
             "ec_numbers": [r[2] for r in rows],
             "ec_class": [0] * len(rows),
-            "motifs": [""] * len(rows),
+            "motifs": [r[3] for r in rows],
         }
     )
     return df, dropped
@@ -690,16 +714,19 @@ def read_table(
     id_column: str = "Entry",
     ec_column: str = "EC number",
     sequence_column: str = "Sequence",
+    motif_column: str = "",
 ) -> tuple[pd.DataFrame, Counter]:
     """Read a UniProt-style table, tab- or comma-separated (told from the header line, whatever
     the extension), optionally gzipped.
 
     Returns (table with ec_class 0, dropped reasons). Rows without EC are dropped and counted;
     a repeated id with the same sequence is kept once; records are named "row N" (data rows,
-    1-based, header excluded).
+    1-based, header excluded). `motif_column` (optional) holds annotations in the format of
+    the `motifs` column (`parse_motifs`), each checked against its row's sequence.
     """
     path = Path(path)
-    sep = sniff_delimiter(path, (id_column, ec_column, sequence_column))
+    required = tuple(c for c in (id_column, ec_column, sequence_column, motif_column) if c)
+    sep = sniff_delimiter(path, required)
     try:
         raw = pd.read_csv(
             path,
@@ -715,7 +742,7 @@ def read_table(
         first = " ".join(str(err).split()).split(". ")[0] or type(err).__name__  # one line
         raise DataError(f"{path}: cannot parse table: {first}") from None
     raw.columns = [str(column).strip() for column in raw.columns]
-    missing = [c for c in (id_column, ec_column, sequence_column) if c not in raw.columns]
+    missing = [c for c in required if c not in raw.columns]
     if missing:
         raise DataError(
             f"{path}: missing column(s) {missing}; columns present: {list(raw.columns)}"
@@ -723,7 +750,13 @@ def read_table(
     if raw.empty:
         raise DataError(f"{path}: file has a header but no records")
     records = (
-        (f"row {n}", r[id_column], r[sequence_column], r[ec_column])
+        (
+            f"row {n}",
+            r[id_column],
+            r[sequence_column],
+            r[ec_column],
+            r[motif_column] if motif_column else "",
+        )
         for n, r in enumerate(raw.to_dict("records"), start=1)
     )
     return _collect(records, str(path))
@@ -768,16 +801,21 @@ def read_fasta(path: str | os.PathLike) -> tuple[pd.DataFrame, Counter]:
         raise DataError(f"{path}: cannot parse FASTA: {first}") from None
     if not parsed:
         raise DataError(f"{path}: no FASTA records (empty file or no '>' header)")
-    return _collect(((w, rid, seq, ec) for w, rid, ec, seq in parsed), str(path))
+    return _collect(((w, rid, seq, ec, "") for w, rid, ec, seq in parsed), str(path))
 
 
 def read_input(path: str | os.PathLike, **table_columns) -> tuple[pd.DataFrame, Counter]:
     """read_fasta for .fasta/.fa/.faa/.fas(.gz) or a file starting with '>', else read_table
-    (column names passed through)."""
+    (column names passed through; FASTA has no columns, so no `motif_column` either)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if _strip_gz(path).endswith(FASTA_SUFFIXES) or _first_line(path).startswith(">"):
+        if table_columns.get("motif_column"):
+            raise DataError(
+                f"{path}: FASTA has no columns, so no motif column "
+                f"{table_columns['motif_column']!r}; use a table or no motif column"
+            )
         return read_fasta(path)
     return read_table(path, **table_columns)
 

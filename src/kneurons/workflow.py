@@ -101,11 +101,16 @@ def download(input, output, params, wildcards) -> None:
                 seed=u["seed"],
                 retries=u["retries"],
                 timeout=u["timeout"],
+                features=u.get("features", False),
             )
-            table, dropped_read = data.read_table(raw)
+            table, dropped_read = data.read_table(
+                raw, motif_column=uniprot.MOTIFS_COLUMN if u.get("features") else ""
+            )
         info["release"] = info["uniprot"]["release"]
         info["release_date"] = info["uniprot"]["release_date"]
         dropped.update(dropped_read)
+        # features that could not be placed: counted like dropped rows, the entries are kept
+        dropped.update(info["uniprot"]["features_dropped"])
         name = u["url"]
     else:
         t = params["table"]
@@ -115,6 +120,7 @@ def download(input, output, params, wildcards) -> None:
             id_column=t["id_column"],
             ec_column=t["ec_column"],
             sequence_column=t["sequence_column"],
+            motif_column=t.get("motif_column", ""),
         )
         dropped.update(dropped_read)
         info["table"] = str(Path(path).resolve())
