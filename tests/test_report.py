@@ -235,6 +235,9 @@ def test_enrichment_has_exact_nulls_and_flags_k_proj(written):
     assert k_good["enrichment_mean"] > 1.5 and k_good["significant"]
     assert not enrichment.loc[("same", 0.1, "k_proj")]["significant"]
     assert k_good["effective_fraction"] == pytest.approx(1.0)
+    # near chance: keeps < 25% of the full model's gain over chance (0.34 vs 0.2 and 0.9)
+    assert enrichment.loc[("same", 0.1, "k_proj")]["near_chance"]
+    assert not k_good["near_chance"]
     assert "yes (above" in md  # good: k_proj significantly above the runner-up
 
 

@@ -32,6 +32,9 @@ RANDOM = "random"
 FOCUS_MODULE = "k_proj"
 GLOBAL = "global"
 ALPHA = 0.05
+# a pruned model that keeps less than this share of the full model's gain over chance is
+# "near chance": where its units sit says nothing about what the model uses
+NEAR_CHANCE = 0.25
 OUTPUT_KEYS = ("accuracy", "summary", "tests", "enrichment", "density", "markdown")
 
 PathLike = str | os.PathLike
@@ -252,9 +255,11 @@ def _pooled(kept: pd.DataFrame) -> pd.DataFrame:
     per_module["enrichment"] = (per_module["n_kept"] / per_module["n_neurons"]) / (
         per_module["n_kept_all"] / per_module["n_neurons_all"]
     )
-    per_module["effective_enrichment"] = (
-        per_module["n_effective"] / per_module["n_effective_all"]
-    ) / (per_module["n_neurons"] / per_module["n_neurons_all"])
+    # undefined (NaN) for a selection of which no unit can affect the output
+    effective_all = per_module["n_effective_all"].where(per_module["n_effective_all"] > 0)
+    per_module["effective_enrichment"] = (per_module["n_effective"] / effective_all) / (
+        per_module["n_neurons"] / per_module["n_neurons_all"]
+    )
     return per_module
 
 
@@ -262,14 +267,17 @@ def enrichment_table(kept: pd.DataFrame, summary: pd.DataFrame, chance: float) -
     """Per (method, retention, module type): enrichment with its 95% t-interval over seeds, the
     exact p-value of the pooled kept count against same-size random selections (one-sided,
     enriched; Holm over all rows), the fraction of kept units that can affect the output and
-    the enrichment counted over those effective units only. `at_chance`: the pruned model's
-    accuracy interval reaches the chance/majority level, so enrichment there is not evidence
-    that the model uses those units."""
+    the enrichment counted over those effective units only. `near_chance`: the pruned model
+    keeps less than NEAR_CHANCE of the full model's gain over chance (its mean), so
+    enrichment there is not evidence that the model uses those units."""
     pooled = _pooled(kept)
     rows = []
     for (method, r, module), g in pooled.groupby(["method", "retention", "module"], sort=False):
         mean, low, high = stats.mean_interval(g["enrichment"].to_numpy())
-        eff_mean, eff_low, eff_high = stats.mean_interval(g["effective_enrichment"].to_numpy())
+        defined = g["effective_enrichment"].dropna().to_numpy()
+        eff_mean, eff_low, eff_high = (
+            stats.mean_interval(defined) if len(defined) else (np.nan, np.nan, np.nan)
+        )
         p = stats.pooled_enrichment_p(
             g["n_kept"].to_numpy(),
             g["n_neurons"].to_numpy(),
@@ -282,12 +290,12 @@ def enrichment_table(kept: pd.DataFrame, summary: pd.DataFrame, chance: float) -
             & (summary["scope"] == GLOBAL)
             & np.isclose(summary["retention"], r)
         ]
-        at_chance = bool(
+        full = summary[summary["selection"] == "full"]
+        near_chance = bool(
             not accuracy.empty
-            and (
-                accuracy["ci_low"].fillna(accuracy["value_mean"]).iloc[0] <= chance
-                or accuracy["value_mean"].iloc[0] <= chance
-            )
+            and not full.empty
+            and accuracy["value_mean"].iloc[0] - chance
+            < NEAR_CHANCE * (full["value_mean"].iloc[0] - chance)
         )
         rows.append(
             {
@@ -303,7 +311,7 @@ def enrichment_table(kept: pd.DataFrame, summary: pd.DataFrame, chance: float) -
                 "effective_enrichment_mean": eff_mean,
                 "effective_ci_low": eff_low,
                 "effective_ci_high": eff_high,
-                "at_chance": at_chance,
+                "near_chance": near_chance,
             }
         )
     table = pd.DataFrame(rows)
@@ -542,8 +550,8 @@ def _enrichment_lines(enrichment: pd.DataFrame, focus: pd.DataFrame, granularity
                 verdict = f"yes (above {f.runner_up}, Holm p {_p(f.p_holm)})"
             else:
                 verdict = f"not shown (highest; vs {f.runner_up} Holm p {_p(f.p_holm)})"
-        if bool(g["at_chance"].iloc[0]):
-            verdict += "; pruned model at chance: not evidence of use"
+        if bool(g["near_chance"].iloc[0]):
+            verdict += "; pruned model near chance: not evidence of use"
         rows.append(
             [
                 method,
@@ -570,7 +578,9 @@ def _enrichment_lines(enrichment: pd.DataFrame, focus: pd.DataFrame, granularity
     lines += [
         f"'{FOCUS_MODULE} most enriched?': yes only when {FOCUS_MODULE} has the highest mean and "
         "a paired t-test over seeds of its enrichment minus the runner-up's is significant "
-        "(Holm over methods x ratios).",
+        "(Holm over methods x ratios). 'Near chance': the pruned model keeps less than "
+        f"{NEAR_CHANCE:.0%} of the full model's gain over chance; where its units sit is then "
+        "no evidence that the model uses them.",
         "",
         "Note: scaling a layer's q_proj or k_proj output by alpha scales the attention logits by "
         "alpha either way, so IG's q_proj and k_proj totals of one layer are equal for any "
