@@ -137,7 +137,7 @@ def placement_counts(
     (default: the cells in the table)."""
     classes = list(dict.fromkeys(kn_table["class"])) if classes is None else list(classes)
     cells_from = kn_table if units is None else units
-    cells = cells_from[["layer", "module"]].drop_duplicates().itertuples(index=False)
+    cells = list(cells_from[["layer", "module"]].drop_duplicates().itertuples(index=False))
     grid = pd.MultiIndex.from_tuples(
         [(c, layer, module) for c in classes for layer, module in cells],
         names=["class", "layer", "module"],
@@ -166,7 +166,7 @@ def scale_masks(
     for (layer, module), group in units.groupby(["layer", "module"], sort=False):
         n_units = linear(model.esm, int(layer), str(module)).out_features
         mask = torch.ones(n_units, dtype=torch.float64)
-        mask[torch.as_tensor(group["unit"].to_numpy(dtype=np.int64))] = factor
+        mask[torch.tensor(group["unit"].tolist(), dtype=torch.long)] = factor
         masks[(int(layer), str(module))] = mask
     return masks
 
@@ -369,7 +369,10 @@ def token_activations(
     device = next(model.parameters()).device
     units = units[UNIT_COLUMNS].reset_index(drop=True)
     columns = {
-        (int(layer), str(module)): (group.index.to_numpy(), group["unit"].to_numpy())
+        (int(layer), str(module)): (
+            torch.tensor(group.index.tolist(), dtype=torch.long),
+            torch.tensor(group["unit"].tolist(), dtype=torch.long),
+        )
         for (layer, module), group in units.groupby(["layer", "module"], sort=False)
     }
     captured: dict[tuple[int, str], torch.Tensor] = {}
@@ -381,8 +384,8 @@ def token_activations(
         return hook
 
     handles = [
-        linear(model.esm, *key).register_forward_hook(make_hook(key, torch.as_tensor(idx)))
-        for key, (_, idx) in columns.items()
+        linear(model.esm, *key).register_forward_hook(make_hook(key, unit_index))
+        for key, (_, unit_index) in columns.items()
     ]
     result: list[np.ndarray | None] = [None] * len(sequences)
     try:
@@ -392,7 +395,7 @@ def token_activations(
                 model(tokens)
                 block = torch.empty(tokens.shape[1], len(chunk), len(units), dtype=torch.float64)
                 for key, (positions, _) in columns.items():
-                    block[:, :, torch.as_tensor(positions)] = captured[key].double().cpu()
+                    block[:, :, positions] = captured[key].double().cpu()
                 lengths = (tokens != model.esm.padding_idx).sum(1).tolist()
                 for b, i in enumerate(chunk):
                     result[i] = block[: lengths[b], b].numpy()
