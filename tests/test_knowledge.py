@@ -21,6 +21,7 @@ from kneurons.knowledge import (
     placement_counts,
     scale_masks,
     scaled,
+    sequence_attributions,
     specificity,
     token_activations,
     units_by_class,
@@ -39,6 +40,9 @@ def test_per_sequence_ig_averages_to_the_default(tiny_classifier, sequences, lab
     for key in default:
         assert rows[key].shape == (len(sequences), len(default[key]))
         torch.testing.assert_close(rows[key].mean(0), default[key], rtol=0, atol=1e-12)
+    frame = sequence_attributions(tiny_classifier, sequences, labels, [0, 1], ["fc2"], **options)
+    assert frame.shape == (len(sequences), 2 * 32)
+    np.testing.assert_array_equal(frame[(1, "fc2")].to_numpy(), rows[(1, "fc2")].numpy())
     # input order, although batches are length-sorted: row 2 is sequence 2 alone
     alone = ig_scores(tiny_classifier, sequences[2:3], labels[2:3], 1, ["fc1"], **options)
     torch.testing.assert_close(rows[(1, "fc1")][2], alone[(1, "fc1")], rtol=1e-6, atol=1e-10)
@@ -351,6 +355,14 @@ def test_motif_auroc_counts_residues_after_bos():
     only_true = motif_auroc(activations, [decoy], ["zincin_hexxh"], units, kinds=("true",))
     assert only_true["n_positive"].tolist() == [5, 5, 5]
     assert only_true["auroc"].iloc[0] == 1.0
+    negative = np.ones(len(sequence), dtype=bool)
+    negative[3:8] = negative[10:15] = False  # the decoy residues are neither
+    kept = positive | negative
+    for column, scores in enumerate([exact, shifted, noise]):  # ties in the first two
+        assert only_true["auroc"].iloc[column] == pytest.approx(
+            pairwise_auroc(scores[1:-1][kept], positive[kept])
+        )
+    assert only_true["auroc"].iloc[2] != pytest.approx(zincin[2])
 
 
 def test_token_activations_follow_input_order_and_skip_padding(tiny_classifier, sequences):

@@ -75,11 +75,11 @@ def knowledge_neurons(
     attributions: pd.DataFrame | np.ndarray,
     labels: Sequence,
     classes: Sequence,
-    *,
-    units: pd.DataFrame | None = None,
     threshold: float = 0.2,
     share: float = 0.5,
     max_count: int | None = None,
+    *,
+    units: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Knowledge neurons of each class (KN_COLUMNS, classes in the order of `classes`, each
     class's neurons by share then mean attribution, descending).
@@ -450,23 +450,31 @@ def motif_auroc(
         excluded_rows.append(excluded)
     values = np.concatenate(residue_rows)
     inside, excluded = np.concatenate(inside_rows), np.concatenate(excluded_rows)
-    all_ranks = sps.rankdata(values, axis=0)
+    ranks = sps.rankdata(values, axis=0)  # pooled over every residue: the costly step
     units = units[UNIT_COLUMNS].reset_index(drop=True)
     tables = []
     for j, name in enumerate(motif_names):
-        kept = ~excluded[:, j]
-        ranks = all_ranks if kept.all() else sps.rankdata(values[kept], axis=0)
-        auroc = _auroc_from_ranks(ranks, inside[kept, j])
-        tables.append(units.assign(motif=name, auroc=auroc, n_positive=int(inside[kept, j].sum())))
+        auroc = _auroc(values, ranks, inside[:, j], excluded[:, j])
+        tables.append(units.assign(motif=name, auroc=auroc, n_positive=int(inside[:, j].sum())))
     return pd.concat(tables, ignore_index=True)
 
 
-def _auroc_from_ranks(ranks: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """Per column: P(positive > negative) + P(tie) / 2 from the pooled (average) ranks."""
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+def _auroc(
+    values: np.ndarray, ranks: np.ndarray, positive: np.ndarray, excluded: np.ndarray
+) -> np.ndarray:
+    """Per column: P(positive > negative) + P(tie) / 2, the negatives being the rows neither
+    positive nor excluded. Mann-Whitney U of the positives against all other rows (from the
+    pooled ranks) minus their U against the excluded rows alone (ranked apart: few rows)."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos - int(excluded.sum())
     if n_pos == 0 or n_neg == 0:
-        return np.full(ranks.shape[1], np.nan)
-    u = ranks[positive].sum(axis=0) - n_pos * (n_pos + 1) / 2
+        return np.full(values.shape[1], np.nan)
+    offset = n_pos * (n_pos + 1) / 2
+    # a product, not ranks[positive].sum(0): no copy of the (tokens, units) block
+    u = positive.astype(float) @ ranks - offset
+    if excluded.any():
+        both = positive | excluded
+        u -= positive[both].astype(float) @ sps.rankdata(values[both], axis=0) - offset
     return u / (n_pos * n_neg)
 
 
