@@ -93,13 +93,17 @@ def activation_scores(
     batch_size: int = 64,
     max_length: int | None = None,
     granularity: str = "unit",
+    per_sequence: bool = False,
 ) -> dict[tuple[int, str], torch.Tensor]:
     """Mean |output| of each unit over a sequence's tokens (BOS/EOS included, padding not),
     averaged over sequences. One inference pass for all modules of all layers.
 
     granularity="weight": mean |w_ij x_j| = |w_ij| x mean |x_j| over the same tokens and
-    sequences, (units, inputs)."""
+    sequences, (units, inputs). per_sequence=True: each sequence's own value instead of the
+    mean, (n_sequences, units) in input order (unit granularity only)."""
+    _check_per_sequence(per_sequence, granularity)
     per_weight = granularity == "weight"
+    rows: dict[tuple[int, str], torch.Tensor] = {}
     model.eval()
     device = next(model.parameters()).device
     layers = range(model.num_layers) if layers is None else layers
@@ -111,6 +115,10 @@ def activation_scores(
             # out: (T, B, U), inp[0]: (T, B, I); per-sequence mean over its non-padding tokens
             w = state["token_weight"]
             seen = inp[0] if per_weight else out
+            if per_sequence:
+                per_row = torch.einsum("tbu,tb->bu", seen.abs().double(), w).cpu()
+                _store_rows(rows, key, state["chunk"], per_row, len(sequences))
+                return
             total = torch.einsum("tbu,tb->u", seen.abs().double(), w)
             sums[key] = sums.get(key, 0) + total.cpu()
 
@@ -126,11 +134,14 @@ def activation_scores(
             tokens = encode([sequences[i] for i in chunk], max_length).to(device)
             not_pad = (tokens != model.esm.padding_idx).double()
             state["token_weight"] = (not_pad / not_pad.sum(1, keepdim=True)).T  # (T, B)
+            state["chunk"] = chunk
             model(tokens)
     finally:
         for h in handles:
             h.remove()
     keys = [(layer, m) for layer in layers for m in modules]
+    if per_sequence:
+        return {key: rows[key] for key in keys}
     if per_weight:
         return {
             key: linear(model.esm, *key).weight.detach().abs().double().cpu()
@@ -155,6 +166,7 @@ def ig_scores(
     max_length: int | None = None,
     progress: bool = True,
     granularity: str = "unit",
+    per_sequence: bool = False,
 ) -> dict[tuple[int, str], torch.Tensor]:
     """IG attributions of every unit of `modules` in `layer` (see module docstring): (units,).
 
@@ -163,15 +175,20 @@ def ig_scores(
     to W (bias unchanged). d p / d W = sum over positions of (output gradient) x (input)^T, so
     it comes from the same scaled passes. `labels` are class indices (the head's output
     positions). `rows_per_pass` bounds memory: sequences x path steps per forward/backward.
+
+    per_sequence=True: each sequence's attribution instead of the mean over sequences,
+    (n_sequences, units) in input order, from the same passes (unit granularity only).
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; expected unit or weight")
+    _check_per_sequence(per_sequence, granularity)
     model.eval()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     alphas, weights = (t.to(device, dtype) for t in quadrature(rule, steps))
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     totals = {(layer, m): 0 for m in modules}
+    rows: dict[tuple[int, str], torch.Tensor] = {}
     batches = length_sorted_batches(sequences, max(1, min(batch_size, rows_per_pass)))
     with frozen(model):
         for chunk in report_progress(batches, f"IG layer {layer}", summary=progress):
@@ -206,10 +223,31 @@ def ig_scores(
                     )  # (B, U, I)
                 if absolute:
                     attribution = attribution.abs()
+                if per_sequence:
+                    per_row = attribution.double().cpu()
+                    _store_rows(rows, (layer, module), chunk, per_row, len(sequences))
+                    continue
                 totals[(layer, module)] = (
                     totals[(layer, module)] + attribution.double().sum(0).cpu()
                 )
+    if per_sequence:
+        return {key: rows[key] for key in totals}
     return {key: total / len(sequences) for key, total in totals.items()}
+
+
+def _check_per_sequence(per_sequence: bool, granularity: str) -> None:
+    if per_sequence and granularity != "unit":
+        raise ValueError(
+            f"per_sequence=True needs granularity 'unit' (got {granularity!r}): per-sequence "
+            "per-weight attributions would be (sequences, units, inputs), too large to keep"
+        )
+
+
+def _store_rows(rows, key, chunk, values: torch.Tensor, n_sequences: int) -> None:
+    """Put a batch's per-sequence values (B, U) at their input positions `chunk`."""
+    if key not in rows:
+        rows[key] = torch.zeros(n_sequences, values.shape[-1], dtype=torch.float64)
+    rows[key][torch.as_tensor(chunk)] = values
 
 
 def _layer_parts(model, x, padding_mask, layer) -> dict[str, torch.Tensor]:

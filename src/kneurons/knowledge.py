@@ -1,0 +1,518 @@
+"""What the knowledge neurons know (after Dai et al.'s knowledge neurons).
+
+- Per-class knowledge neurons: units whose per-sequence IG attribution exceeds a fraction of
+  that sequence's largest attribution in at least a given share of the class's sequences.
+- A causal test: scale one class's knowledge neurons (0 suppresses, 2 amplifies) and measure the
+  change in p(true class) and accuracy on the test sequences of every class; compare the own-class
+  specificity with random unit sets of the same per-(layer, module) counts.
+- Motif detectors: per unit and planted motif type, the AUROC of the unit's token activation for
+  "this residue lies in a motif of that type".
+
+Unit tables have columns layer, module, unit. Classes are the values of `classes` (EC classes),
+not head positions. Across-seed statistics belong to `kneurons.stats`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats as sps
+
+from kneurons.data import MOTIF_KINDS, MOTIFS, parse_motifs
+from kneurons.model import EnzymeClassifier, ablated, encode, linear
+from kneurons.scoring import ig_scores, length_sorted_batches
+from kneurons.train import predict_proba
+
+UNIT_COLUMNS = ["layer", "module", "unit"]
+KN_COLUMNS = ["class", "layer", "module", "unit", "share", "mean_attribution"]
+EFFECT_QUANTITIES = ("p_true", "accuracy")
+# a share x n that is an integer can miss it by an ulp in floating point
+_SHARE_TOLERANCE = 1e-12
+
+
+# --- per-sequence attributions and knowledge neurons ------------------------------------------
+
+
+def attribution_matrix(per_sequence: Mapping[tuple[int, str], torch.Tensor]) -> pd.DataFrame:
+    """Per-sequence attributions {(layer, module): (n_sequences, units)} as one frame
+    (n_sequences, n_units) whose columns are a (layer, module, unit) MultiIndex."""
+    blocks, keys = [], []
+    for (layer, module), values in per_sequence.items():
+        values = torch.as_tensor(values).double().cpu().numpy()
+        blocks.append(values)
+        keys += [(int(layer), str(module), unit) for unit in range(values.shape[1])]
+    columns = pd.MultiIndex.from_tuples(keys, names=UNIT_COLUMNS)
+    return pd.DataFrame(np.concatenate(blocks, axis=1), columns=columns)
+
+
+def sequence_attributions(
+    model: EnzymeClassifier,
+    sequences: Sequence[str],
+    labels: Sequence[int],
+    layers: Sequence[int],
+    modules: Sequence[str],
+    **ig_options,
+) -> pd.DataFrame:
+    """Per-sequence IG attributions of every unit of `modules` in `layers`
+    (`attribution_matrix`); `labels` are head positions, `ig_options` go to `ig_scores`."""
+    per_sequence = {}
+    for layer in layers:
+        per_sequence |= ig_scores(
+            model, sequences, labels, layer, modules, per_sequence=True, **ig_options
+        )
+    return attribution_matrix(per_sequence)
+
+
+def units_of(attributions: pd.DataFrame) -> pd.DataFrame:
+    """The unit table (layer, module, unit) of an `attribution_matrix` frame's columns."""
+    return attributions.columns.to_frame(index=False)[UNIT_COLUMNS]
+
+
+def knowledge_neurons(
+    attributions: pd.DataFrame | np.ndarray,
+    labels: Sequence,
+    classes: Sequence,
+    threshold: float = 0.2,
+    share: float = 0.5,
+    max_count: int | None = None,
+    *,
+    units: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Knowledge neurons of each class (KN_COLUMNS, classes in the order of `classes`, each
+    class's neurons by share then mean attribution, descending).
+
+    `attributions` (n_sequences, n_units): an `attribution_matrix` frame, or an array with its
+    `units` table. A unit is a knowledge neuron of class c when its attribution is above
+    `threshold` x the sequence's largest attribution (over all units) in at least `share` of the
+    class-c sequences (`labels`, values of `classes`). A sequence whose largest attribution is
+    not positive supports no unit. `max_count` keeps each class's top units by (share, mean
+    attribution over the class's sequences).
+    """
+    values, units = _values_and_units(attributions, units)
+    labels = np.asarray(labels)
+    if len(labels) != len(values):
+        raise ValueError(f"{len(labels)} labels for {len(values)} sequences of attributions")
+    peak = values.max(axis=1, keepdims=True)
+    above = (values > threshold * peak) & (peak > 0)
+    tables = []
+    for c in classes:
+        in_class = labels == c
+        if not in_class.any():
+            continue
+        shares = above[in_class].mean(axis=0)
+        chosen = np.flatnonzero(shares >= share - _SHARE_TOLERANCE)
+        table = units.iloc[chosen].assign(
+            share=shares[chosen], mean_attribution=values[in_class][:, chosen].mean(axis=0)
+        )
+        table = table.sort_values(["share", "mean_attribution"], ascending=False, kind="stable")
+        if max_count is not None:
+            table = table.head(max_count)
+        tables.append(table.assign(**{"class": c}))
+    if not tables:
+        return pd.DataFrame(columns=KN_COLUMNS)
+    return pd.concat(tables, ignore_index=True)[KN_COLUMNS]
+
+
+def _values_and_units(attributions, units) -> tuple[np.ndarray, pd.DataFrame]:
+    if isinstance(attributions, pd.DataFrame):
+        if units is None:
+            units = units_of(attributions)
+        attributions = attributions.to_numpy(dtype=float)
+    values = np.asarray(attributions, dtype=float)
+    if units is None:
+        raise ValueError("an attribution array needs its `units` table (layer, module, unit)")
+    if values.ndim != 2 or values.shape[1] != len(units):
+        raise ValueError(f"attributions of shape {values.shape} for {len(units)} units")
+    return values, units[UNIT_COLUMNS].reset_index(drop=True)
+
+
+def placement_counts(
+    kn_table: pd.DataFrame, classes: Sequence | None = None, units: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Knowledge neurons per class and (layer, module): class, layer, module, count. Zero rows
+    for every class of `classes` (default: those in the table) and every cell of `units`
+    (default: the cells in the table)."""
+    classes = list(dict.fromkeys(kn_table["class"])) if classes is None else list(classes)
+    cells_from = kn_table if units is None else units
+    cells = list(cells_from[["layer", "module"]].drop_duplicates().itertuples(index=False))
+    grid = pd.MultiIndex.from_tuples(
+        [(c, layer, module) for c in classes for layer, module in cells],
+        names=["class", "layer", "module"],
+    )
+    counts = kn_table.groupby(["class", "layer", "module"]).size()
+    return counts.reindex(grid, fill_value=0).rename("count").reset_index()
+
+
+def units_by_class(kn_table: pd.DataFrame) -> dict:
+    """{class: its knowledge neurons' unit table} of a `knowledge_neurons` table."""
+    return {
+        c: group[UNIT_COLUMNS].reset_index(drop=True)
+        for c, group in kn_table.groupby("class", sort=False)
+    }
+
+
+# --- causal test: suppress / amplify -----------------------------------------------------------
+
+
+def scale_masks(
+    model: EnzymeClassifier, units: pd.DataFrame, factor: float
+) -> dict[tuple[int, str], torch.Tensor]:
+    """Float masks for `model.ablated`: ones, and `factor` at `units` (0 suppresses, 2
+    amplifies). `ablated` applies them in float32, so a factor is exact only if float32 has it."""
+    masks = {}
+    for (layer, module), group in units.groupby(["layer", "module"], sort=False):
+        n_units = linear(model.esm, int(layer), str(module)).out_features
+        mask = torch.ones(n_units, dtype=torch.float64)
+        mask[torch.tensor(group["unit"].tolist(), dtype=torch.long)] = factor
+        masks[(int(layer), str(module))] = mask
+    return masks
+
+
+def scaled(model: EnzymeClassifier, units: pd.DataFrame, factor: float):
+    """Context manager: the outputs of `units` multiplied by `factor` inside the block."""
+    return ablated(model, scale_masks(model, units, factor))
+
+
+def class_effects(
+    model: EnzymeClassifier,
+    test_table: pd.DataFrame,
+    classes: Sequence,
+    units_by_class: Mapping,
+    factor: float,
+    batch_size: int = 64,
+    *,
+    max_length: int | None = None,
+    baseline: torch.Tensor | None = None,
+) -> dict[str, pd.DataFrame]:
+    """{"p_true", "accuracy"}: class x class effect matrices of scaling each class's units by
+    `factor`. Row c (index `neuron_class`): class c's units (`units_by_class[c]`) scaled;
+    column c' (`sequence_class`): the mean change, against the unmodified model, in p(true
+    class) (resp. the change in accuracy) over the test sequences of class c'. `classes` is the
+    head's class order; `test_table` has `sequence` and `ec_class`. Rows of classes without
+    units and columns of classes without test sequences are NaN. `baseline`: the unmodified
+    model's `predict_proba` on the test sequences, if already computed."""
+    sequences = list(test_table["sequence"])
+    position = {c: k for k, c in enumerate(classes)}
+    y_true = np.array([position[c] for c in test_table["ec_class"]])
+    seq_classes = np.asarray(test_table["ec_class"])
+
+    def predict(keep=None):
+        with torch.no_grad():
+            return predict_proba(
+                model, sequences, batch_size=batch_size, max_length=max_length, keep=keep
+            )
+
+    base = _p_true_and_correct(predict() if baseline is None else baseline, y_true)
+    rows = {quantity: {} for quantity in EFFECT_QUANTITIES}
+    for c in classes:
+        units = units_by_class.get(c)
+        if units is None or len(units) == 0:
+            for quantity in EFFECT_QUANTITIES:
+                rows[quantity][c] = pd.Series(np.nan, index=list(classes))
+            continue
+        scaled = _p_true_and_correct(predict(scale_masks(model, units, factor)), y_true)
+        for quantity, after, before in zip(EFFECT_QUANTITIES, scaled, base, strict=True):
+            change = pd.Series(after - before).groupby(seq_classes).mean()
+            rows[quantity][c] = change.reindex(list(classes))
+    return {quantity: _effect_matrix(rows[quantity], classes) for quantity in EFFECT_QUANTITIES}
+
+
+def _p_true_and_correct(probs: torch.Tensor, y_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    probs = probs.double().numpy()
+    p_true = probs[np.arange(len(y_true)), y_true]
+    return p_true, (probs.argmax(-1) == y_true).astype(float)
+
+
+def _effect_matrix(rows: Mapping, classes: Sequence) -> pd.DataFrame:
+    matrix = pd.DataFrame({c: rows[c] for c in classes}).T.astype(float)
+    matrix.index.name, matrix.columns.name = "neuron_class", "sequence_class"
+    return matrix
+
+
+def effect_table(effects: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """`class_effects` matrices as long rows: quantity, neuron_class, sequence_class, effect."""
+    return pd.concat(
+        [
+            matrix.reset_index()
+            .melt(id_vars="neuron_class", var_name="sequence_class", value_name="effect")
+            .assign(quantity=quantity)
+            for quantity, matrix in effects.items()
+        ],
+        ignore_index=True,
+    )[["quantity", "neuron_class", "sequence_class", "effect"]]
+
+
+def matched_sets(
+    kn_units: pd.DataFrame, all_units: pd.DataFrame, rng: np.random.Generator, k: int
+) -> list[pd.DataFrame]:
+    """`k` random unit tables with exactly `kn_units`' count in every (layer, module) cell,
+    drawn without replacement from that cell's units in `all_units` (knowledge neurons
+    included: a uniform draw, like `evaluation.matched_random`)."""
+    counts = kn_units.groupby(["layer", "module"]).size()
+    pools = {
+        (int(layer), str(module)): group[UNIT_COLUMNS].reset_index(drop=True)
+        for (layer, module), group in all_units.groupby(["layer", "module"])
+    }
+    for (layer, module), n in counts.items():
+        available = len(pools.get((int(layer), str(module)), []))
+        if n > available:
+            raise ValueError(f"layer {layer} {module}: {n} units to match but {available} exist")
+    draws = []
+    for _ in range(k):
+        picks = [
+            pools[(int(layer), str(module))].iloc[
+                np.sort(rng.choice(len(pools[(int(layer), str(module))]), n, replace=False))
+            ]
+            for (layer, module), n in counts.items()
+        ]
+        draws.append(
+            pd.concat(picks, ignore_index=True) if picks else pd.DataFrame(columns=UNIT_COLUMNS)
+        )
+    return draws
+
+
+def matched_units_by_class(
+    units_by_class: Mapping, all_units: pd.DataFrame, rng: np.random.Generator, k: int
+) -> list[dict]:
+    """`k` draws of {class: `matched_sets` of that class's units}: one `class_effects` run each."""
+    per_class = {c: matched_sets(units, all_units, rng, k) for c, units in units_by_class.items()}
+    return [{c: sets[draw] for c, sets in per_class.items()} for draw in range(k)]
+
+
+def specificity(matrix: pd.DataFrame) -> pd.Series:
+    """Per class c (row): the effect on class c's sequences minus the mean effect on the other
+    classes' sequences (NaN columns skipped)."""
+    values = {}
+    for c in matrix.index:
+        others = matrix.loc[c, [col for col in matrix.columns if col != c]]
+        values[c] = matrix.loc[c, c] - others.mean()
+    return pd.Series(values, name="specificity", dtype=float).rename_axis("class")
+
+
+def empirical_p(observed: float, random: Sequence[float], direction: str) -> float:
+    """One-sided (1 + #random at least as extreme) / (K + 1); `direction` "less" (a smaller
+    value is more extreme) or "greater". NaN random values are dropped; NaN if observed is."""
+    random = np.asarray(random, dtype=float)
+    random = random[~np.isnan(random)]
+    if np.isnan(observed):
+        return np.nan
+    if direction == "less":
+        extreme = random <= observed
+    elif direction == "greater":
+        extreme = random >= observed
+    else:
+        raise ValueError(f"unknown direction {direction!r}; expected 'less' or 'greater'")
+    return float((1 + extreme.sum()) / (len(random) + 1))
+
+
+def effect_test(
+    observed: pd.DataFrame, random: Sequence[pd.DataFrame], factor: float
+) -> pd.DataFrame:
+    """Per class: the knowledge neurons' own-class effect and specificity, the means over the
+    matched-random effect matrices `random`, and empirical one-sided p-values (`empirical_p`).
+    The expected direction: down when `factor` < 1 (suppression), up when > 1 (amplification).
+    One quantity's matrices (e.g. `class_effects(...)["p_true"]`), one seed."""
+    if factor == 1:
+        raise ValueError("factor 1 leaves the model unchanged: nothing to test")
+    direction = "less" if factor < 1 else "greater"
+    classes = list(observed.index)
+    own, spec = _own_effect(observed, classes), specificity(observed).reindex(classes)
+    # (K, classes); K = 0 gives p = 1 and NaN means
+    random_own = np.array([_own_effect(m, classes) for m in random]).reshape(-1, len(classes))
+    random_spec = np.array([specificity(m).reindex(classes) for m in random])
+    random_spec = random_spec.reshape(-1, len(classes))
+    return pd.DataFrame(
+        {
+            "class": classes,
+            "own_effect": own,
+            "specificity": spec.to_numpy(),
+            "random_own_mean": _column_means(random_own),
+            "random_specificity_mean": _column_means(random_spec),
+            "p_own": [empirical_p(own[i], random_own[:, i], direction) for i in range(len(own))],
+            "p_specificity": [
+                empirical_p(spec.iloc[i], random_spec[:, i], direction) for i in range(len(own))
+            ],
+            "k": len(random),
+        }
+    )
+
+
+def _own_effect(matrix: pd.DataFrame, classes: Sequence) -> np.ndarray:
+    return np.array([matrix.loc[c, c] for c in classes], dtype=float)
+
+
+def _column_means(values: np.ndarray) -> np.ndarray:
+    """Column means skipping NaN; NaN (without a warning) for a column with no number."""
+    counts = (~np.isnan(values)).sum(axis=0)
+    sums = np.nansum(values, axis=0)
+    return np.divide(sums, counts, out=np.full(values.shape[1], np.nan), where=counts > 0)
+
+
+# --- motif detectors ---------------------------------------------------------------------------
+
+
+def token_activations(
+    model: EnzymeClassifier,
+    sequences: Sequence[str],
+    units: pd.DataFrame,
+    max_length: int | None = None,
+    *,
+    batch_size: int = 64,
+) -> list[np.ndarray]:
+    """Per sequence, the outputs of `units` at its tokens: (tokens, n_units), columns in the
+    order of `units`. Token 0 is BOS, residue i of the string is token i + 1, the last token is
+    EOS (sequences longer than `max_length` keep their first residues); no padding."""
+    model.eval()
+    device = next(model.parameters()).device
+    units = units[UNIT_COLUMNS].reset_index(drop=True)
+    columns = {
+        (int(layer), str(module)): (
+            torch.tensor(group.index.tolist(), dtype=torch.long),
+            torch.tensor(group["unit"].tolist(), dtype=torch.long),
+        )
+        for (layer, module), group in units.groupby(["layer", "module"], sort=False)
+    }
+    captured: dict[tuple[int, str], torch.Tensor] = {}
+
+    def make_hook(key, unit_index):
+        def hook(_mod, _inp, out):
+            captured[key] = out.detach()[:, :, unit_index]  # (T, B, k); indexing copies
+
+        return hook
+
+    handles = [
+        linear(model.esm, *key).register_forward_hook(make_hook(key, unit_index))
+        for key, (_, unit_index) in columns.items()
+    ]
+    result: list[np.ndarray | None] = [None] * len(sequences)
+    try:
+        with torch.no_grad():
+            for chunk in length_sorted_batches(sequences, batch_size):
+                tokens = encode([sequences[i] for i in chunk], max_length).to(device)
+                model(tokens)
+                block = torch.empty(tokens.shape[1], len(chunk), len(units), dtype=torch.float64)
+                for key, (positions, _) in columns.items():
+                    block[:, :, positions] = captured[key].double().cpu()
+                lengths = (tokens != model.esm.padding_idx).sum(1).tolist()
+                for b, i in enumerate(chunk):
+                    result[i] = block[: lengths[b], b].numpy()
+    finally:
+        for h in handles:
+            h.remove()
+    return result
+
+
+def motif_labels(
+    motifs: str | Sequence[Mapping],
+    n_residues: int,
+    motif_names: Sequence[str],
+    kinds: Sequence[str] = MOTIF_KINDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inside, excluded), each (n_residues, n_motifs) bool over a sequence's residues: inside
+    a planted motif of that name of one of `kinds`; excluded: inside one of another kind only
+    (neither positive nor negative). `motifs` is a `motifs` column entry or its parse."""
+    entries = parse_motifs(motifs) if isinstance(motifs, str) else motifs
+    inside = np.zeros((n_residues, len(motif_names)), dtype=bool)
+    other_kind = np.zeros_like(inside)
+    column = {name: j for j, name in enumerate(motif_names)}
+    for entry in entries:
+        j = column.get(entry["name"])
+        if j is None:
+            continue
+        target = inside if entry["kind"] in kinds else other_kind
+        target[entry["start"] : min(entry["end"], n_residues), j] = True
+    return inside, other_kind & ~inside
+
+
+def motif_auroc(
+    activations: Sequence[np.ndarray],
+    sequences_motifs: Sequence,
+    motif_names: Sequence[str],
+    units: pd.DataFrame,
+    *,
+    kinds: Sequence[str] = MOTIF_KINDS,
+) -> pd.DataFrame:
+    """Per unit and motif type: the AUROC of the unit's activation for "this residue lies in a
+    planted motif of this type (of `kinds`)" over all residue tokens of the sequences (BOS and
+    EOS dropped: residue i is token i + 1). Rank-based (Mann-Whitney U, ties count half); NaN
+    when a motif has no positive or no negative residue. Columns: layer, module, unit, motif,
+    auroc, n_positive. `activations` as `token_activations` gives them for `units`;
+    `sequences_motifs`: each sequence's `motifs` entry (string or parsed)."""
+    residue_rows, inside_rows, excluded_rows = [], [], []
+    for tokens, motifs in zip(activations, sequences_motifs, strict=True):
+        residues = np.asarray(tokens)[1:-1]  # BOS first, EOS last
+        inside, excluded = motif_labels(motifs, len(residues), motif_names, kinds)
+        residue_rows.append(residues)
+        inside_rows.append(inside)
+        excluded_rows.append(excluded)
+    values = np.concatenate(residue_rows)
+    inside, excluded = np.concatenate(inside_rows), np.concatenate(excluded_rows)
+    ranks = sps.rankdata(values, axis=0)  # pooled over every residue: the costly step
+    units = units[UNIT_COLUMNS].reset_index(drop=True)
+    tables = []
+    for j, name in enumerate(motif_names):
+        auroc = _auroc(values, ranks, inside[:, j], excluded[:, j])
+        tables.append(units.assign(motif=name, auroc=auroc, n_positive=int(inside[:, j].sum())))
+    return pd.concat(tables, ignore_index=True)
+
+
+def _auroc(
+    values: np.ndarray, ranks: np.ndarray, positive: np.ndarray, excluded: np.ndarray
+) -> np.ndarray:
+    """Per column: P(positive > negative) + P(tie) / 2, the negatives being the rows neither
+    positive nor excluded. Mann-Whitney U of the positives against all other rows (from the
+    pooled ranks) minus their U against the excluded rows alone (ranked apart: few rows)."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos - int(excluded.sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.full(values.shape[1], np.nan)
+    offset = n_pos * (n_pos + 1) / 2
+    # a product, not ranks[positive].sum(0): no copy of the (tokens, units) block
+    u = positive.astype(float) @ ranks - offset
+    if excluded.any():
+        both = positive | excluded
+        u -= positive[both].astype(float) @ sps.rankdata(values[both], axis=0) - offset
+    return u / (n_pos * n_neg)
+
+
+def best_motifs(auroc_table: pd.DataFrame) -> pd.DataFrame:
+    """Each unit's best motif (highest AUROC; ties: first motif) and that AUROC: layer, module,
+    unit, best_motif, best_auroc. Units with only NaN AUROCs get no motif (None, NaN)."""
+    scored = auroc_table.dropna(subset=["auroc"])
+    best = scored.loc[scored.groupby(UNIT_COLUMNS, sort=False)["auroc"].idxmax()]
+    best = best.rename(columns={"motif": "best_motif", "auroc": "best_auroc"})
+    units = auroc_table[UNIT_COLUMNS].drop_duplicates()
+    return units.merge(best[[*UNIT_COLUMNS, "best_motif", "best_auroc"]], how="left").astype(
+        {"best_motif": object}
+    )
+
+
+def own_motif_share(
+    kn_table: pd.DataFrame,
+    best: pd.DataFrame,
+    motif_class: Mapping[str, int] | None = None,
+    *,
+    min_auroc: float = 0.5,
+) -> pd.DataFrame:
+    """Per class c: of its knowledge neurons, the share whose best motif (`best_motifs`) is
+    one of class c's motifs (own_share), one of another class's (other_share: in class-c
+    sequences such motifs occur only as decoys) and none (no AUROC above `min_auroc`, or the
+    unit was not scored: none_share). Columns: class, n_neurons, own_share, other_share,
+    none_share. `motif_class`: motif name -> class, default `data.MOTIFS`."""
+    if motif_class is None:
+        motif_class = {name: cls for name, (cls, _) in MOTIFS.items()}
+    table = kn_table.merge(best, on=UNIT_COLUMNS, how="left")
+    detects = table["best_auroc"].to_numpy(dtype=float) > min_auroc
+    owner = table["best_motif"].map(motif_class)
+    table = table.assign(
+        own=detects & (owner == table["class"]).to_numpy(),
+        other=detects & owner.notna().to_numpy() & (owner != table["class"]).to_numpy(),
+    )
+    table["none"] = ~(table["own"] | table["other"])
+    shares = table.groupby("class", sort=False)[["own", "other", "none"]].mean()
+    shares.columns = ["own_share", "other_share", "none_share"]
+    counts = table.groupby("class", sort=False).size().rename("n_neurons")
+    return pd.concat([counts, shares], axis=1).reset_index()
