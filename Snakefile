@@ -1,5 +1,6 @@
 # Knowledge neurons in protein language models: the whole DAG.
 # download -> split -> prepare_model -> finetune -> score -> evaluate (sweep) -> aggregate -> plots
+#                                                        -> knowledge (per class) -> knowledge_summary
 
 
 configfile: "config.yaml"
@@ -13,6 +14,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/neurons.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/knowledge.smk"
 
 
 rule all:

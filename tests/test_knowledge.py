@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from kneurons import knowledge
 from kneurons.knowledge import (
     attribution_matrix,
     best_motifs,
@@ -405,3 +406,58 @@ def test_units_by_class_splits_the_table():
     split = units_by_class(table)
     assert list(split) == ["a", "b"]
     assert split["b"].to_dict("records") == [{"layer": 1, "module": "fc2", "unit": 1}]
+
+
+def test_one_seed_analysis_tables(tiny_classifier):
+    """The workflow's per-seed calls: effects of knowledge and matched sets, motif AUROCs."""
+    model = tiny_classifier.float()
+    rng = np.random.default_rng(0)
+    residues = list("ACDEFHIKLMNPQRSTVWY")  # no G: only the planted motif has G
+    rows = []
+    for i in range(24):
+        sequence = list("M" + "".join(rng.choice(residues, 30)))
+        motifs = ""
+        if i % 2 == 0:
+            sequence[5:11] = list("GAGAAG")  # rossmann_nad_binding, GxGxxG
+            motifs = "rossmann_nad_binding:5:11:true"
+        rows.append({"sequence": "".join(sequence), "ec_class": 1 + i % 3, "motifs": motifs})
+    table = pd.DataFrame(rows)
+    classes = [1, 2, 3, 4, 5, 6]
+    units = pd.DataFrame(
+        [
+            (layer, module, unit)
+            for layer in range(3)
+            for module in ("k_proj", "fc1")
+            for unit in range(8)
+        ],
+        columns=["layer", "module", "unit"],
+    )
+    neurons = pd.DataFrame(
+        {
+            "class": [1, 1, 2],
+            "layer": [0, 1, 2],
+            "module": ["k_proj", "fc1", "fc1"],
+            "unit": [3, 4, 5],
+            "share": 1.0,
+            "mean_attribution": 1.0,
+        }
+    )
+    assert len(knowledge.class_subset(table, 6, seed=0)) == 6
+    assert knowledge.class_subset(table, 6, seed=0)["ec_class"].value_counts().eq(2).all()
+    effects = knowledge.effects_with_controls(
+        model, table, classes, neurons, units, matched_sets=2, seed=0
+    )
+    sets = effects.groupby(["intervention", "set"])["draw"].nunique().to_dict()
+    assert sets == {
+        ("amplify", "knowledge"): 1,
+        ("amplify", "matched"): 2,
+        ("suppress", "knowledge"): 1,
+        ("suppress", "matched"): 2,
+    }
+    # rows of classes with knowledge neurons only; columns: every class with test sequences
+    assert set(effects.dropna()["neuron_class"]) == {1, 2}
+    motifs = knowledge.motif_table(model, table, neurons, units, seed=0)
+    assert set(motifs["set"]) == {"knowledge", "matched"}
+    assert set(motifs["motif"]) == {"rossmann_nad_binding"}
+    assert (motifs["motif_class"] == 1).all() and motifs["auroc"].between(0, 1).all()
+    assert knowledge.motif_table(model, table.assign(motifs=""), neurons, units, seed=0).empty

@@ -516,3 +516,97 @@ def own_motif_share(
     shares.columns = ["own_share", "other_share", "none_share"]
     counts = table.groupby("class", sort=False).size().rename("n_neurons")
     return pd.concat([counts, shares], axis=1).reset_index()
+
+
+# --- one seed's analysis, as the workflow runs it -----------------------------------------------
+
+INTERVENTIONS = {"suppress": 0.0, "amplify": 2.0}
+
+
+def class_subset(table: pd.DataFrame, max_sequences: int, seed: int) -> pd.DataFrame:
+    """At most `max_sequences` rows, the same number from every class as far as they have
+    them (a seeded sample per class), so each column of an effect matrix rests on similar
+    numbers of sequences; 0 keeps every row."""
+    if not max_sequences or len(table) <= max_sequences:
+        return table
+    classes = sorted(table["ec_class"].unique())
+    per_class = max(1, max_sequences // len(classes))
+    picks = [
+        group.sample(n=min(per_class, len(group)), random_state=seed)
+        for _, group in table.groupby("ec_class", sort=True)
+    ]
+    return pd.concat(picks).sort_index()
+
+
+def effects_with_controls(
+    model: EnzymeClassifier,
+    test: pd.DataFrame,
+    classes: Sequence,
+    neurons: pd.DataFrame,
+    units: pd.DataFrame,
+    *,
+    matched_sets: int,
+    seed: int,
+    max_length: int | None = None,
+) -> pd.DataFrame:
+    """Long table of every intervention's class x class effects: intervention (suppress,
+    amplify), set (knowledge, or matched: `matched_sets` random unit sets with each class's
+    per-(layer, module) counts), draw, quantity, neuron_class, sequence_class, effect."""
+    with torch.no_grad():
+        baseline = predict_proba(model, list(test["sequence"]), max_length=max_length)
+    own = units_by_class(neurons)
+    rng = np.random.default_rng([seed, 4])
+    controls = matched_units_by_class(own, units, rng, matched_sets) if own else []
+    frames = []
+    for intervention, factor in INTERVENTIONS.items():
+        for set_name, draw, chosen in [("knowledge", 0, own)] + [
+            ("matched", draw, sets) for draw, sets in enumerate(controls)
+        ]:
+            if not chosen:
+                continue
+            effects = class_effects(
+                model, test, classes, chosen, factor, max_length=max_length, baseline=baseline
+            )
+            frames.append(
+                effect_table(effects).assign(intervention=intervention, set=set_name, draw=draw)
+            )
+    columns = ["intervention", "set", "draw", "quantity", "neuron_class", "sequence_class"]
+    if not frames:
+        return pd.DataFrame(columns=[*columns, "effect"])
+    table = pd.concat(frames, ignore_index=True)
+    return table[[*columns, "effect"]]
+
+
+MOTIF_TABLE_COLUMNS = ["set", "class", "layer", "module", "unit", "motif", "motif_class"]
+MOTIF_TABLE_COLUMNS += ["auroc", "n_positive"]
+
+
+def motif_table(
+    model: EnzymeClassifier,
+    validation: pd.DataFrame,
+    neurons: pd.DataFrame,
+    units: pd.DataFrame,
+    *,
+    seed: int,
+    max_length: int | None = None,
+) -> pd.DataFrame:
+    """Token-level motif AUROCs of each class's knowledge neurons and of one matched random
+    set per class, over the validation sequences (true, mutated and decoy motifs; the
+    annotation in the `motifs` column). Empty when no sequence carries an annotation."""
+    annotated = validation[validation["motifs"].astype(str).str.len() > 0]
+    if annotated.empty or neurons.empty:
+        return pd.DataFrame(columns=MOTIF_TABLE_COLUMNS)
+    names = sorted({m["name"] for s in annotated["motifs"] for m in parse_motifs(s)})
+    own = units_by_class(neurons)
+    matched = matched_units_by_class(own, units, np.random.default_rng([seed, 5]), 1)[0]
+    frames = []
+    for set_name, chosen in (("knowledge", own), ("matched", matched)):
+        for c, class_units in chosen.items():
+            activations = token_activations(
+                model, list(annotated["sequence"]), class_units, max_length=max_length
+            )
+            table = motif_auroc(activations, list(annotated["motifs"]), names, class_units)
+            frames.append(table.assign(set=set_name, **{"class": c}))
+    table = pd.concat(frames, ignore_index=True)
+    table["motif_class"] = table["motif"].map(lambda m: MOTIFS[m][0] if m in MOTIFS else -1)
+    return table[MOTIF_TABLE_COLUMNS]

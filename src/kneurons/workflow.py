@@ -300,8 +300,18 @@ def score(input, output, params, wildcards) -> None:
         ", ".join(map(str, layers)),
         len(sequences),
     )
+    # per-sequence values (for the per-class knowledge neurons) come from the same passes;
+    # the scores are their mean
+    per_sequence = method.per_sequence and params.get("granularity", "unit") == "unit"
+    per_sequence = per_sequence and "per_sequence" in output.keys()
     inputs = methods.ScoringInputs(
-        sequences, labels, layers, params["modules"], seed, meta["max_length"], params
+        sequences,
+        labels,
+        layers,
+        params["modules"],
+        seed,
+        meta["max_length"],
+        {**params, "per_sequence": per_sequence},
     )
     # bf16 is opt-in (default fp32): on the tiny model it moved IG scores by 0.4-0.5% (relative
     # L2) and 1% of the top-10% kept set; on large models and long sequences it is untested.
@@ -311,6 +321,13 @@ def score(input, output, params, wildcards) -> None:
     device = next(classifier.parameters()).device
     with model.autocast(device, precision):
         scores = method.score(classifier, inputs)
+    if "per_sequence" in output.keys():
+        rows = np.zeros((len(sequences), 0), dtype=np.float32)
+        if per_sequence:
+            rows = np.concatenate([v.float().numpy() for v in scores.values()], axis=1)
+            scores = {key: values.mean(0) for key, values in scores.items()}
+        with io.atomic_path(output.per_sequence) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, rows)
     io.write_tsv(scoring.scores_frame(scores), output.scores)
 
 
@@ -396,6 +413,75 @@ def baselines(input, output, params, wildcards) -> None:
     }
     result["n_classes"] = int(split_table["ec_class"].nunique())
     io.write_json(result, output.baselines)
+
+
+def knowledge(input, output, params, wildcards) -> None:
+    """One seed's knowledge neurons per class, their suppress/amplify effects against matched
+    random units, and their motif AUROCs (`kneurons.knowledge`)."""
+    from kneurons import knowledge, model, scoring
+
+    seed = int(wildcards["seed"])
+    classifier, meta = model.load_classifier(input.model, model.pick_device(params["device"]))
+    classes, max_length = meta["classes"], meta["max_length"]
+    split_table = data.read_labelled(input.split)
+    # the scoring subset the attributions were computed on (same seed, same rule)
+    sequences, labels = scoring.scoring_subset(
+        split_table, classes, params["max_sequences"], seed
+    )
+    units = pd.concat(
+        [pd.read_csv(path, sep="\t")[["layer", "module", "unit"]] for path in input.scores],
+        ignore_index=True,
+    )
+    attributions = np.concatenate([np.load(path) for path in input.per_sequence], axis=1)
+    neurons = knowledge.knowledge_neurons(
+        attributions,
+        [classes[label] for label in labels],
+        classes,
+        threshold=params["threshold"],
+        share=params["share"],
+        max_count=params["max_count"] or None,
+        units=units,
+    )
+    counts = neurons.groupby("class").size().reindex(classes, fill_value=0)
+    log.info("knowledge neurons per class: %s", counts.to_dict())
+    test = knowledge.class_subset(
+        split_table[split_table["split"] == "test"], params["test_sequences"], seed
+    )
+    effects = knowledge.effects_with_controls(
+        classifier,
+        test,
+        classes,
+        neurons,
+        units,
+        matched_sets=params["matched_sets"],
+        seed=seed,
+        max_length=max_length,
+    )
+    motifs = knowledge.motif_table(
+        classifier,
+        split_table[split_table["split"] == "validation"],
+        neurons,
+        units,
+        seed=seed,
+        max_length=max_length,
+    )
+    io.write_tsv(neurons, output.neurons)
+    io.write_tsv(effects, output.effects)
+    io.write_tsv(motifs, output.motifs)
+
+
+def knowledge_summary(input, output, params, wildcards) -> None:
+    """Across seeds: specificity with tests, motif detectors, the summary page and figures."""
+    from kneurons import knowledge_report
+
+    knowledge_report.write_outputs(
+        list(input.neurons),
+        list(input.effects),
+        list(input.motifs),
+        params["seeds"],
+        {key: output[key] for key in output.keys()},
+        params,
+    )
 
 
 # --- report -----------------------------------------------------------------------------

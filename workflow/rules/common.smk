@@ -119,6 +119,15 @@ def check_config():
             config_error("model.name", str(err))
 
 
+def knowledge_enabled():
+    """The knowledge analysis runs when asked and IG's per-unit, per-sequence scores exist."""
+    return (
+        config["knowledge"]["enabled"]
+        and "ig" in config["scoring"]["methods"]
+        and config["scoring"]["granularity"] == "unit"
+    )
+
+
 check_config()
 
 SEEDS = config["seeds"]
@@ -393,8 +402,38 @@ def plot_outputs():
     return pngs + expand("results/plots/{plot}.pdf", plot=PLOTS)
 
 
-def final_outputs():
+KNOWLEDGE_PLOTS = ["knowledge_effects", "knowledge_placement", "motif_detectors"]
+
+
+def knowledge_inputs(wildcards):
+    """The fine-tuned model, the split and IG's per-layer scores with per-sequence values."""
+    layers = range(num_layers())
+    base = "results/scores/seed{seed}/ig/layer{layer}".format
+    return {
+        "model": rules.finetune.output.model.format(seed=wildcards.seed),
+        "split": split_table(wildcards),
+        "scores": [base(seed=wildcards.seed, layer=layer) + ".tsv" for layer in layers],
+        "per_sequence": [
+            base(seed=wildcards.seed, layer=layer) + ".npy" for layer in layers
+        ],
+    }
+
+
+def knowledge_outputs():
+    if not knowledge_enabled():
+        return []
     return [
+        "results/knowledge/summary.md",
+        "results/knowledge/specificity.tsv",
+        "results/knowledge/detectors.tsv",
+        *expand(
+            "results/knowledge/{plot}.{ext}", plot=KNOWLEDGE_PLOTS, ext=["png", "pdf"]
+        ),
+    ]
+
+
+def final_outputs():
+    return knowledge_outputs() + [
         "results/accuracy.tsv",
         "results/summary.tsv",
         "results/tests.tsv",

@@ -5,6 +5,9 @@ rule score_layer:
         unpack(scoring_inputs),
     output:
         scores="results/scores/seed{seed}/{method}/layer{layer}.tsv",
+        # each scoring sequence's attributions (rows in the scoring subset's order, columns
+        # in the table's row order), for the per-class knowledge neurons
+        per_sequence="results/scores/seed{seed}/{method}/layer{layer}.npy",
     log:
         "results/logs/score/seed{seed}/{method}/layer{layer}.log",
     benchmark:

@@ -42,6 +42,9 @@ class ScoringMethod:
     needs_model_pass: False if it never runs the model on sequences (no scoring subset).
     per_layer: True if it is costly per layer (IG): the workflow runs one job per layer so a
     cluster spreads them; otherwise one job scores all layers.
+    per_sequence: True if, when `inputs.settings["per_sequence"]` is true, score() returns each
+    scoring sequence's own value, (n_sequences, units), from the same passes (the per-class
+    knowledge neurons need them).
     color: its colour in the plots.
     """
 
@@ -50,4 +53,5 @@ class ScoringMethod:
     settings: tuple[str, ...] = ()
     needs_model_pass: bool = True
     per_layer: bool = False
+    per_sequence: bool = False
     color: str | None = None

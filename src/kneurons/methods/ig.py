@@ -30,6 +30,7 @@ def score(model, inputs: ScoringInputs) -> Scores:
             rows_per_pass=s["rows_per_pass"],
             max_length=inputs.max_length,
             granularity=s.get("granularity", "unit"),
+            per_sequence=s.get("per_sequence", False),
         )
     return scores
 
@@ -39,5 +40,6 @@ METHOD = ScoringMethod(
     score=score,
     settings=("ig_steps", "ig_rule", "ig_abs", "batch_size", "rows_per_pass"),
     per_layer=True,
+    per_sequence=True,
     color="#1f77b4",
 )

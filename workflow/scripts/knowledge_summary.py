@@ -1,0 +1,3 @@
+from kneurons.workflow import knowledge_summary, run
+
+run(snakemake, knowledge_summary)  # noqa: F821 - injected by Snakemake
