@@ -27,7 +27,9 @@ def per_seed(counts: dict[str, int], seeds: int = SEEDS) -> dict[str, int]:
 SCORING = {"score_layer": 2, "merge_layers": 1, "score": 2}
 # a seed's chain from its split on: split, baselines, backbone, model, scores, evaluation
 SEED_CHAIN = {"split": 1, "baselines": 1, "prepare_model": 1, "finetune": 1, **SCORING}
-SEED_CHAIN |= {"evaluate": 1}
+SEED_CHAIN |= {"evaluate": 1, "knowledge": 1}
+# the knowledge analysis of every seed and its summary
+KNOWLEDGE = {"knowledge": SEEDS, "knowledge_summary": 1}
 
 
 def job_counts(path: Path, env: dict | None = None) -> dict[str, int]:
@@ -92,7 +94,8 @@ def test_new_seed_runs_only_that_seeds_chain(run_copy):
     change_config(run_copy, {"seeds": [0, 1, 2]})
     counts = job_counts(run_copy)
     report("seed 2 added", counts)
-    assert counts == {**SEED_CHAIN, **TAIL}  # no download: the data are shared
+    # no download: the data are shared
+    assert counts == {**SEED_CHAIN, **TAIL, "knowledge_summary": 1}
 
 
 def test_shared_split_is_one_split_and_its_seed_decides_only_it(run_copy):
@@ -102,7 +105,7 @@ def test_shared_split_is_one_split_and_its_seed_decides_only_it(run_copy):
     counts = job_counts(run_copy)
     report("split.shared on", counts)
     chain = per_seed({k: v for k, v in SEED_CHAIN.items() if k != "prepare_model"})
-    assert counts == {**chain, "split": 1, "baselines": 1, **TAIL}
+    assert counts == {**chain, "split": 1, "baselines": 1, **TAIL, **KNOWLEDGE}
 
 
 def test_finetune_change_reruns_finetune_and_what_follows(run_copy):
@@ -110,7 +113,14 @@ def test_finetune_change_reruns_finetune_and_what_follows(run_copy):
     change_config(run_copy, {"finetune": {"lr": config["finetune"]["lr"] / 2}})
     counts = job_counts(run_copy)
     report("finetune.lr changed", counts)
-    assert counts == {**per_seed({"finetune": 1, **SCORING, "evaluate": 1}), **TAIL}
+    assert counts == {**per_seed({"finetune": 1, **SCORING, "evaluate": 1}), **TAIL, **KNOWLEDGE}
+
+
+def test_knowledge_setting_reruns_only_the_knowledge_rules(run_copy):
+    change_config(run_copy, {"knowledge": {"threshold": 0.3}})
+    counts = job_counts(run_copy)
+    report("knowledge.threshold changed", counts)
+    assert counts == {**KNOWLEDGE, "all": 1}
 
 
 def test_plot_style_change_reruns_only_plots(run_copy):
@@ -127,20 +137,24 @@ def test_cluster_settings_of_a_random_split_rerun_nothing(run_copy):
     assert counts == {}
 
 
-AFTER_FINETUNE = per_seed({"finetune": 1, **SCORING, "evaluate": 1})
+AFTER_FINETUNE = per_seed({"finetune": 1, **SCORING, "evaluate": 1}) | KNOWLEDGE
 
 
 @pytest.mark.parametrize(
     "module, expected",
     [
-        ("scoring.py", {**per_seed({**SCORING, "evaluate": 1}), **TAIL}),
+        ("scoring.py", {**per_seed({**SCORING, "evaluate": 1}), **TAIL, **KNOWLEDGE}),
         (
             "methods/ig.py",
-            {**per_seed({"score_layer": 2, "merge_layers": 1, "evaluate": 1}), **TAIL},
+            {**per_seed({"score_layer": 2, "merge_layers": 1, "evaluate": 1}), **TAIL} | KNOWLEDGE,
         ),
         ("selection.py", {"evaluate": SEEDS, **TAIL}),
         ("evaluation.py", {"evaluate": SEEDS, **TAIL}),
-        ("stats.py", {**per_seed({"baselines": 1, "evaluate": 1}), **TAIL}),
+        (
+            "stats.py",
+            {**per_seed({"baselines": 1, "evaluate": 1}), **TAIL, "knowledge_summary": 1},
+        ),
+        ("knowledge.py", KNOWLEDGE | {"all": 1}),
         ("baselines.py", {"baselines": SEEDS, **TAIL}),
         ("train.py", {**AFTER_FINETUNE, **TAIL}),
         (
@@ -152,6 +166,7 @@ AFTER_FINETUNE = per_seed({"finetune": 1, **SCORING, "evaluate": 1})
             {**per_seed({"split": 1, "baselines": 1}), **AFTER_FINETUNE, **TAIL},
         ),
         ("report.py", TAIL),
+        ("knowledge_report.py", {"knowledge_summary": 1, "all": 1}),
         ("download.py", {}),  # the UniProt client does not decide a synthetic run
         ("progress.py", {}),  # log lines decide nothing
     ],

@@ -27,6 +27,7 @@ SMALL_CONFIG = {
         "module_ratios": [0.5],
         "bootstrap": 200,
     },
+    "knowledge": {"max_count": 5, "matched_sets": 2, "test_sequences": 0},
     "plots": {"dpi": 60},
 }
 

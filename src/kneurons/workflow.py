@@ -425,9 +425,7 @@ def knowledge(input, output, params, wildcards) -> None:
     classes, max_length = meta["classes"], meta["max_length"]
     split_table = data.read_labelled(input.split)
     # the scoring subset the attributions were computed on (same seed, same rule)
-    sequences, labels = scoring.scoring_subset(
-        split_table, classes, params["max_sequences"], seed
-    )
+    sequences, labels = scoring.scoring_subset(split_table, classes, params["max_sequences"], seed)
     units = pd.concat(
         [pd.read_csv(path, sep="\t")[["layer", "module", "unit"]] for path in input.scores],
         ignore_index=True,
