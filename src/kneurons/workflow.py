@@ -20,7 +20,7 @@ import pandas as pd
 from kneurons import data, io
 from kneurons.errors import UserError
 
-TORCH_FREE_STEPS = {"download", "split", "baselines", "aggregate", "plots"}
+TORCH_FREE_STEPS = {"download", "split", "baselines", "aggregate", "plots", "knowledge_summary"}
 
 log = logging.getLogger("kneurons")
 
@@ -477,7 +477,7 @@ def knowledge_summary(input, output, params, wildcards) -> None:
         list(input.effects),
         list(input.motifs),
         params["seeds"],
-        {key: output[key] for key in output.keys()},
+        {key: output[key] for key in knowledge_report.OUTPUT_KEYS},
         params,
     )
 

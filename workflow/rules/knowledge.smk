@@ -54,12 +54,12 @@ rule knowledge_summary:
             category="Knowledge neurons",
         ),
         placement_pdf="results/knowledge/knowledge_placement.pdf",
-        motifs_png=report(
+        motif_detectors_png=report(
             "results/knowledge/motif_detectors.png",
             caption="../report/motif_detectors.rst",
             category="Knowledge neurons",
         ),
-        motifs_pdf="results/knowledge/motif_detectors.pdf",
+        motif_detectors_pdf="results/knowledge/motif_detectors.pdf",
     log:
         "results/logs/knowledge_summary.log",
     benchmark:
