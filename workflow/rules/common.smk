@@ -254,13 +254,21 @@ def split_table(wildcards):
 
 
 def split_settings(wildcards):
-    """The split's fractions and its seed: the run seed's, or split.seed for the shared one."""
-    fractions = {k: config["split"][k] for k in ("train", "validation", "test")}
+    """The split's settings and its seed: the run seed's, or split.seed for the shared one;
+    identity and coverage only for a cluster split (editing them reruns nothing otherwise).
+    """
+    keys = ["method", "train", "validation", "test"]
+    if config["split"]["method"] == "cluster":
+        keys += ["identity", "coverage"]
     name = wildcards.split
     seed = (
         config["split"]["seed"] if name == "shared" else int(name.removeprefix("seed"))
     )
-    return settings(fractions, seed=seed, code=code_version("data"))
+    return settings(
+        {k: config["split"][k] for k in keys},
+        seed=seed,
+        code=code_version("data", "clusters"),
+    )
 
 
 def num_layers():
