@@ -115,20 +115,26 @@ def test_slurm_profile_runs_the_workflow_through_sbatch(slurm_cluster, tmp_path,
     elapsed = time.monotonic() - started
     assert slurm_run.returncode == 0, log
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", log)
-    # everything but the local rules (download, all) went through sbatch; the six
-    # evaluate jobs as one group job
+    # everything but the local rules (download, all) went through sbatch
     assert len(submitted) >= 8, log
     logs = slurm_dir / ".snakemake/slurm_logs"
     slurm_logs = [p.relative_to(logs).parts[0] for p in logs.rglob("*.log")]
     assert set(slurm_logs) >= {
         "rule_finetune",
         "rule_score_layer",
+        "rule_evaluate",
+        "rule_knowledge",
         "rule_aggregate",
         "rule_plots",
     }
-    assert "group_sweep_evaluate" in slurm_logs, slurm_logs
     assert "Job stats" in log and "rule download" in log
     print(f"SLURM run of the small config: {elapsed:.0f} s, {len(submitted)} sbatch jobs")
 
-    for name in ["results/summary.tsv", "results/scores/seed0/ig.tsv", "results/density.tsv"]:
+    for name in [
+        "results/summary.tsv",
+        "results/tests.tsv",
+        "results/scores/seed0/ig.tsv",
+        "results/density.tsv",
+        "results/knowledge/specificity.tsv",
+    ]:
         assert (slurm_dir / name).read_text() == (local_dir / name).read_text(), name

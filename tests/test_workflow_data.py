@@ -60,14 +60,14 @@ def test_uniprot_download_records_release_and_survives_a_500(tmp_path):
         server.inject("500")  # the first request fails once; one retry is allowed
         url = server.url
         path = make_workdir(tmp_path, uniprot_config(server.url, retries=1))
-        snakemake(path, "results/data/split.tsv")
+        snakemake(path, "results/data/split/seed0.tsv")
     info = json.loads((path / "results/data/download.json").read_text())
     assert info["source"] == "uniprot"
     assert info["release"] == "2026_04" and info["release_date"] == "01-October-2026"
     assert info["uniprot"]["base_url"] == url
     assert info["uniprot"]["counts"] == {str(c): {"received": 8, "kept": 6} for c in (1, 2, 3)}
     assert info["class_counts"] == {"1": 6, "2": 6, "3": 6}
-    split = pd.read_csv(path / "results/data/split.tsv", sep="\t")
+    split = pd.read_csv(path / "results/data/split/seed0.tsv", sep="\t")
     assert len(split) == 18 and set(split["split"]) == {"train", "validation", "test"}
     assert "retry 1/1" in (path / "results/logs/download.log").read_text()
 
@@ -77,7 +77,7 @@ def test_uniprot_server_down_fails_naming_the_url_and_leaves_nothing(tmp_path):
         server.inject(*["500"] * 100)
         url = server.url
         path = make_workdir(tmp_path, uniprot_config(server.url, retries=1))
-        result = snakemake(path, "results/data/split.tsv", check=False)
+        result = snakemake(path, "results/data/split/seed0.tsv", check=False)
     assert result.returncode != 0
     errors = [line for line in output_of(result).splitlines() if line.startswith("error in")]
     assert errors, output_of(result)
@@ -131,7 +131,7 @@ def test_bad_input_shows_one_line_naming_file_and_record(
     table = tmp_path / name
     table.write_text(content)
     path = make_workdir(tmp_path, table_config(table, nonstandard=nonstandard))
-    result = snakemake(path, "results/data/split.tsv", check=False)
+    result = snakemake(path, "results/data/split/seed0.tsv", check=False)
     assert result.returncode != 0
     errors = {line for line in output_of(result).splitlines() if line.startswith("error in")}
     assert errors == {f"error in download: {table}: {message}"}, output_of(result)
@@ -151,12 +151,12 @@ def test_tab_separated_csv_table_runs_and_reruns_on_content_not_path(tmp_path):
     table.parent.mkdir()
     table.write_text("Entry\tEC number\tSequence\n" + "".join(rows))
     path = make_workdir(tmp_path, table_config(table))
-    snakemake(path, "results/data/split.tsv")
+    snakemake(path, "results/data/split/seed0.tsv")
     sequences = pd.read_csv(path / "results/data/sequences.tsv", sep="\t")
     assert len(sequences) == 18
 
     def planned() -> str:
-        return output_of(snakemake(path, "--dry-run", "results/data/split.tsv"))
+        return output_of(snakemake(path, "--dry-run", "results/data/split/seed0.tsv"))
 
     assert "Nothing to be done" in planned()
     config = read_config(path)
@@ -185,7 +185,7 @@ def test_dropped_rows_are_logged_and_a_small_class_fails_the_split(tmp_path):
         table, sep="\t", index=False
     )
     path = make_workdir(tmp_path, table_config(table))
-    result = snakemake(path, "results/data/split.tsv", check=False)
+    result = snakemake(path, "results/data/split/seed0.tsv", check=False)
     log = (path / "results/logs/download.log").read_text()
     for reason in [
         "non-standard residue",
@@ -265,10 +265,10 @@ def test_killed_download_leaves_no_output_and_the_next_run_finishes(tmp_path):
         config = read_config(path)
         config["data"]["uniprot"]["timeout"] = 30
         write_config(path, config)
-        proc = start(path, "results/data/split.tsv")
+        proc = start(path, "results/data/split/seed0.tsv")
         kill_when(proc, lambda: server.count("/uniprotkb/search") > 0)
         assert not (path / "results/data").exists() or not any((path / "results/data").iterdir())
         assert leftovers(path) == []
-        rerun_after_kill(path, "results/data/split.tsv")
+        rerun_after_kill(path, "results/data/split/seed0.tsv")
     info = json.loads((path / "results/data/download.json").read_text())
     assert info["release"] == "2026_04"

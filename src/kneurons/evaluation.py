@@ -171,14 +171,13 @@ def evaluate_seed(
     config = esm_config(model.esm)
     config.setdefault("ffn_embed_dim", model.esm.layers[0].fc1.out_features)
     rows, kept_rows = [], []
+    batches = train.token_batches(sequences, batch_size=settings.batch_size, max_length=max_length)
     planned = _count(scores, settings)
     started, done = time.monotonic(), 0
     for item in selections(scores, settings, seed):
         masks = selection.keep_masks(item.selected) if item.selected is not None else {}
         with torch.no_grad():
-            probs = train.predict_proba(
-                model, sequences, batch_size=settings.batch_size, max_length=max_length, keep=masks
-            )
+            probs = train.predict_proba(model, sequences, keep=masks, batches=batches)
         predicted = probs.argmax(-1).numpy()
         correct = (predicted == y_true).astype(float)
         metrics = train.classification_metrics(y_true, predicted, classes)

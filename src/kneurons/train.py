@@ -108,6 +108,27 @@ def freeze_lower_layers(model: EnzymeClassifier, train_layers: int | None) -> in
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def token_batches(
+    sequences: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    max_tokens: int = 0,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(indices, tokens) batches of `sequences`, length-sorted (they pad less): `batch_size`
+    sequences each, or at most `max_tokens` padded tokens when > 0 (`token_budget_batches`).
+    Encoded once, they serve every pruned model of an evaluation."""
+    if max_tokens:
+        chunks = token_budget_batches(token_lengths(sequences, max_length), max_tokens)
+    else:
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        chunks = torch.tensor(order).split(batch_size)
+    return [
+        (torch.as_tensor(chunk), encode([sequences[i] for i in chunk], max_length))
+        for chunk in chunks
+    ]
+
+
 @torch.no_grad()
 def predict_proba(
     model: EnzymeClassifier,
@@ -117,22 +138,20 @@ def predict_proba(
     max_length: int | None = None,
     keep: Mapping | None = None,
     max_tokens: int = 0,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
-    """Class probabilities (N, C); `keep` ablates every unit marked False. `max_tokens` > 0
-    batches by padded tokens (`token_budget_batches`) instead of `batch_size` sequences."""
+    """Class probabilities (N, C), in input order; `keep` ablates every unit marked False.
+    `batches`: `token_batches` of `sequences` made beforehand (else made here)."""
     model.eval()
     device = next(model.parameters()).device
-    # Length-sorted batches pad less; results are put back in input order.
-    if max_tokens:
-        chunks = token_budget_batches(token_lengths(sequences, max_length), max_tokens)
-    else:
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        chunks = torch.tensor(order).split(batch_size)
+    if batches is None:
+        batches = token_batches(
+            sequences, batch_size=batch_size, max_length=max_length, max_tokens=max_tokens
+        )
     probs = torch.empty(len(sequences), model.head.out_features)
     with ablated(model, keep or {}):
-        for chunk in chunks:
-            tokens = encode([sequences[i] for i in chunk], max_length).to(device)
-            probs[chunk] = model(tokens).float().softmax(-1).cpu()
+        for chunk, tokens in batches:
+            probs[chunk] = model(tokens.to(device)).float().softmax(-1).cpu()
     return probs
 
 

@@ -192,20 +192,23 @@ def split(input, output, params, wildcards) -> None:
         for s in data.SPLITS
     }
     report["mmseqs_version"] = clusters.mmseqs_version()
-    try:
-        identity = clusters.max_identity_to_train(result, threads=1)
-    except clusters.MMseqsMissing as err:
-        if method == "cluster":
-            raise
-        # a random split needs no MMseqs2: report what cannot be measured, do not fail
-        log.warning("%s; the report has no identity of test to train", err)
-        report["test_max_identity_to_train"] = None
+    report["test_max_identity_to_train"] = None
+    if not params.get("identity_report", True):
+        log.info("test-to-train identity not measured: synthetic sequences share no homology")
     else:
-        report["test_max_identity_to_train"] = clusters.identity_summary(identity)
-        log.info(
-            "test max identity to train: %s",
-            clusters.format_identity_summary(report["test_max_identity_to_train"]),
-        )
+        try:
+            identity = clusters.max_identity_to_train(result, threads=1)
+        except clusters.MMseqsMissing as err:
+            if method == "cluster":
+                raise
+            # a random split needs no MMseqs2: report what cannot be measured, do not fail
+            log.warning("%s; the report has no identity of test to train", err)
+        else:
+            report["test_max_identity_to_train"] = clusters.identity_summary(identity)
+            log.info(
+                "test max identity to train: %s",
+                clusters.format_identity_summary(report["test_max_identity_to_train"]),
+            )
     io.write_tsv(result, output.split)
     io.write_json(report, output.report)
 
