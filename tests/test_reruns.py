@@ -294,4 +294,5 @@ def test_default_config_written_another_way_reruns_nothing(tmp_path):
         report(f"default config, {case}", counts)
         assert counts == {}, case
     write_config(run, deep_update(default, {"scoring": {"ig_steps": 12}}))
-    assert job_counts(run)["score_layer"] == 4 * len(default["seeds"])  # a real change
+    # a real change: IG reruns, one job per seed in the default layout
+    assert job_counts(run)["score"] == len(default["seeds"])

@@ -19,7 +19,8 @@ SMALL_CONFIG = {
     "model": {"tiny": {"num_layers": 2, "embed_dim": 16, "attention_heads": 2}},
     # head_lr != lr, so swapping the two is a change (tests/test_reruns.py)
     "finetune": {"epochs": 1, "batch_size": 16, "head_lr": 0.004},
-    "scoring": {"max_sequences": 12, "ig_steps": 4, "batch_size": 8},
+    # IG one job per layer (the cluster layout; the default runs one job per seed)
+    "scoring": {"max_sequences": 12, "ig_steps": 4, "batch_size": 8, "jobs_per_layer": True},
     "sweep": {
         "retention_ratios": [0.5, 0.1],
         "random_draws": 3,

@@ -11,6 +11,7 @@ percentile-bootstrap interval over test sequences):
   which module types;
 - within-module pruning (scope = a module type M): the top-r of M's units by each method (and
   `control_draws` random draws), every other module intact.
+Single models (full, scored) get the interval; draws are summarised by their mean per seed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from kneurons.model import EnzymeClassifier, esm_config
 log = logging.getLogger(__name__)
 
 GLOBAL = "global"
+# selections that are one model each (the others are draws, reported by their mean)
+SINGLE_MODELS = ("full", "scored")
 RESULT_COLUMNS = [
     "seed",
     "selection",
@@ -181,10 +184,12 @@ def evaluate_seed(
         predicted = probs.argmax(-1).numpy()
         correct = (predicted == y_true).astype(float)
         metrics = train.classification_metrics(y_true, predicted, classes)
-        low, high = stats.bootstrap_ci(correct, n_boot=settings.bootstrap, seed=seed)
-        b_low, b_high = stats.bootstrap_balanced_ci(
-            correct, y_true, n_boot=settings.bootstrap, seed=seed
-        )
+        low = high = b_low = b_high = np.nan
+        if item.selection in SINGLE_MODELS:  # a draw's interval is never reported: its mean is
+            low, high = stats.bootstrap_ci(correct, n_boot=settings.bootstrap, seed=seed)
+            b_low, b_high = stats.bootstrap_balanced_ci(
+                correct, y_true, n_boot=settings.bootstrap, seed=seed
+            )
         row = {
             "seed": seed,
             "selection": item.selection,

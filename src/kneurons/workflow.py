@@ -335,7 +335,10 @@ def score(input, output, params, wildcards) -> None:
 
 
 def merge_scores(input, output, params, wildcards) -> None:
-    """Concatenate per-layer score tables in layer order."""
+    """Concatenate per-layer score tables (and their per-sequence arrays) in layer order."""
+    rows = np.concatenate([np.load(path) for path in input.per_sequence], axis=1)
+    with io.atomic_path(output.per_sequence) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, rows)
     io.write_tsv(
         pd.concat([pd.read_csv(p, sep="\t") for p in input.layers], ignore_index=True),
         output.scores,
@@ -429,11 +432,8 @@ def knowledge(input, output, params, wildcards) -> None:
     split_table = data.read_labelled(input.split)
     # the scoring subset the attributions were computed on (same seed, same rule)
     sequences, labels = scoring.scoring_subset(split_table, classes, params["max_sequences"], seed)
-    units = pd.concat(
-        [pd.read_csv(path, sep="\t")[["layer", "module", "unit"]] for path in input.scores],
-        ignore_index=True,
-    )
-    attributions = np.concatenate([np.load(path) for path in input.per_sequence], axis=1)
+    units = pd.read_csv(input.scores, sep="\t")[["layer", "module", "unit"]]
+    attributions = np.load(input.per_sequence)
     neurons = knowledge.knowledge_neurons(
         attributions,
         [classes[label] for label in labels],

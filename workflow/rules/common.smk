@@ -330,8 +330,12 @@ def file_sha256(path):
 
 
 def methods_pattern(per_layer):
-    """Regex of the registered methods that run per layer (or in one job)."""
-    names = [m.name for m in METHOD_REGISTRY.values() if m.per_layer == per_layer]
+    """Regex of the registered methods that run one job per layer (scoring.jobs_per_layer and
+    costly per layer, IG), or one job per seed."""
+    split = config["scoring"]["jobs_per_layer"]
+    names = [
+        m.name for m in METHOD_REGISTRY.values() if (m.per_layer and split) == per_layer
+    ]
     return "|".join(names) or "(?!)"
 
 
@@ -366,6 +370,10 @@ def layer_tables(wildcards):
         method=wildcards.method,
         layer=range(num_layers()),
     )
+
+
+def layer_arrays(wildcards):
+    return [path.removesuffix(".tsv") + ".npy" for path in layer_tables(wildcards)]
 
 
 def seed_scores(wildcards):
@@ -421,16 +429,12 @@ KNOWLEDGE_PLOTS = ["knowledge_effects", "knowledge_placement", "motif_detectors"
 
 
 def knowledge_inputs(wildcards):
-    """The fine-tuned model, the split and IG's per-layer scores with per-sequence values."""
-    layers = range(num_layers())
-    base = "results/scores/seed{seed}/ig/layer{layer}".format
+    """The fine-tuned model, the split, IG's scores and their per-sequence values."""
     return {
         "model": rules.finetune.output.model.format(seed=wildcards.seed),
         "split": split_table(wildcards),
-        "scores": [base(seed=wildcards.seed, layer=layer) + ".tsv" for layer in layers],
-        "per_sequence": [
-            base(seed=wildcards.seed, layer=layer) + ".npy" for layer in layers
-        ],
+        "scores": f"results/scores/seed{wildcards.seed}/ig.tsv",
+        "per_sequence": f"results/scores/seed{wildcards.seed}/ig.npy",
     }
 
 

@@ -1,5 +1,6 @@
-# One rule family for every method in kneurons.methods: per-layer jobs for the costly ones
-# (IG), so a cluster spreads them, then a merge; one job for the others.
+# One rule family for every method in kneurons.methods: with scoring.jobs_per_layer, per-layer
+# jobs for the costly ones (IG), so a cluster spreads them, then a merge; else one job per
+# seed and method.
 rule score_layer:
     input:
         unpack(scoring_inputs),
@@ -26,8 +27,10 @@ rule score_layer:
 rule merge_layers:
     input:
         layers=layer_tables,
+        per_sequence=layer_arrays,
     output:
         scores="results/scores/seed{seed}/{method}.tsv",
+        per_sequence="results/scores/seed{seed}/{method}.npy",
     log:
         "results/logs/merge_layers/seed{seed}/{method}.log",
     benchmark:
@@ -45,6 +48,9 @@ rule score:
         unpack(scoring_inputs),
     output:
         scores="results/scores/seed{seed}/{method}.tsv",
+        # per-sequence values (rows: scoring sequences; columns: the table's rows), for the
+        # methods that give them (IG); empty for the others
+        per_sequence="results/scores/seed{seed}/{method}.npy",
     log:
         "results/logs/score/seed{seed}/{method}.log",
     benchmark:
