@@ -279,7 +279,7 @@ def plot_module_pruning(
         fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
         fig.suptitle(
             f"Within-module pruning: keep the top-r {st['scored']} of one module type, "
-            f"the rest intact (mean, {INTERVAL}; dashed: full model)"
+            f"the rest intact\n(mean, {INTERVAL}; dashed: full model)"
         )
         return _save(fig, out_png, out_pdf, st["dpi"])
 
@@ -569,7 +569,7 @@ def plot_module_enrichment(
             ax.grid(True, axis="y", alpha=0.3, zorder=0)
         _bar_legend(fig, axes[0], methods)
         fig.suptitle(
-            f"Enrichment of kept {st['scored']} by module type, pooled over layers "
+            f"Enrichment of kept {st['scored']} by module type, pooled over layers\n"
             f"(mean over {n_seeds} seeds, {INTERVAL}; *: Holm p < 0.05 vs random)"
         )
         return _save(fig, out_png, out_pdf, st["dpi"])
