@@ -450,9 +450,7 @@ def plot_layer_heatmaps(
                 _label_panel(ax, f"{method}, r = {format_retention(r)}", mods, layers, j == 0)
         _heatmap_colorbar(fig, im, axes, scale, value)
         if value == "enrichment":
-            title = (
-                f"Enrichment of kept {st['scored']} per layer and module type (fraction kept / r)"
-            )
+            title = f"Enrichment of kept {st['scored']} per layer and module type"
         else:
             title = f"Fraction of {st['scored']} kept per layer and module type"
         fig.suptitle(f"{title}; mean over {n_seeds} seed{'s' if n_seeds != 1 else ''}")
@@ -469,7 +467,8 @@ def plot_density_heatmaps(
 def plot_enrichment_heatmaps(
     density: pd.DataFrame, out_png: PathLike, out_pdf: PathLike, style: dict | None = None
 ) -> list[Path]:
-    """Layer x module heatmaps coloured by enrichment (density / r), log scale centred at 1."""
+    """Layer x module heatmaps coloured by enrichment (kept share / overall kept share), log
+    scale centred at 1."""
     return plot_layer_heatmaps(density, out_png, out_pdf, style, value="enrichment")
 
 

@@ -40,8 +40,8 @@ class ScoringMethod:
     for every layer in `inputs.layers` and module in `inputs.modules`; higher = more important.
     settings: the `scoring.*` keys it reads (a change of one reruns only this method).
     needs_model_pass: False if it never runs the model on sequences (no scoring subset).
-    per_layer: True if it is costly per layer (IG): the workflow runs one job per layer so a
-    cluster spreads them; otherwise one job scores all layers.
+    per_layer: True if it is costly per layer (IG): with `scoring.jobs_per_layer` the workflow
+    runs one job per layer so a cluster spreads them; otherwise one job scores all layers.
     per_sequence: True if, when `inputs.settings["per_sequence"]` is true, score() returns each
     scoring sequence's own value, (n_sequences, units), from the same passes (the per-class
     knowledge neurons need them).
