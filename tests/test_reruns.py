@@ -127,7 +127,7 @@ def test_plot_style_change_reruns_only_plots(run_copy):
     change_config(run_copy, {"plots": {"dpi": 72}})
     counts = job_counts(run_copy)
     report("plots.dpi changed", counts)
-    assert counts == {"plots": 1, "all": 1}
+    assert counts == {"plots": 1, "knowledge_summary": 1, "all": 1}  # both draw figures
 
 
 def test_cluster_settings_of_a_random_split_rerun_nothing(run_copy):
@@ -165,7 +165,7 @@ AFTER_FINETUNE = per_seed({"finetune": 1, **SCORING, "evaluate": 1}) | KNOWLEDGE
             "clusters.py",
             {**per_seed({"split": 1, "baselines": 1}), **AFTER_FINETUNE, **TAIL},
         ),
-        ("report.py", TAIL),
+        ("report.py", {**TAIL, "knowledge_summary": 1}),  # which uses its table helpers
         ("knowledge_report.py", {"knowledge_summary": 1, "all": 1}),
         ("download.py", {}),  # the UniProt client does not decide a synthetic run
         ("progress.py", {}),  # log lines decide nothing

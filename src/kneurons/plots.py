@@ -32,6 +32,7 @@ from kneurons.report import (
     format_retention,
     method_order,
     module_order,
+    rows_of,
 )
 
 PathLike = str | os.PathLike
@@ -113,12 +114,7 @@ def _bold_tick(ax, labels: Sequence[str], axis: str = "x") -> None:
 
 
 def _selected(summary: pd.DataFrame, selection: str, method: str, scope: str) -> pd.DataFrame:
-    match = (
-        (summary["selection"] == selection)
-        & (summary["method"] == method)
-        & (summary["scope"] == scope)
-    )
-    return summary[match].sort_values("retention")
+    return rows_of(summary, selection, method, scope).sort_values("retention")
 
 
 def _mean_with_interval(ax, rows: pd.DataFrame, color: str, label: str, **line) -> None:

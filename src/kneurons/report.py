@@ -181,14 +181,20 @@ def _label(summary: pd.DataFrame) -> str:
     return METRIC_LABELS[summary["metric"].iloc[0]]
 
 
-def _per_seed(accuracy: pd.DataFrame, selection: str, method: str, scope: str, r: float):
+def rows_of(
+    table: pd.DataFrame, selection: str, method: str, scope: str, r: float | None = None
+) -> pd.DataFrame:
+    """The rows of one selection (and retention `r`; -1 matches the baselines' NaN)."""
     match = (
-        (accuracy["selection"] == selection)
-        & (accuracy["method"] == method)
-        & (accuracy["scope"] == scope)
-        & np.isclose(accuracy["retention"].fillna(-1), r)
+        (table["selection"] == selection) & (table["method"] == method) & (table["scope"] == scope)
     )
-    return accuracy[match].set_index("seed")["value"]
+    if r is not None:
+        match &= np.isclose(table["retention"].fillna(-1), r)
+    return table[match]
+
+
+def _per_seed(accuracy: pd.DataFrame, selection: str, method: str, scope: str, r: float):
+    return rows_of(accuracy, selection, method, scope, r).set_index("seed")["value"]
 
 
 def tests_table(accuracy: pd.DataFrame) -> pd.DataFrame:
@@ -361,13 +367,8 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 
 
 def _summary_row(summary: pd.DataFrame, selection: str, method: str, scope: str, r: float):
-    match = (
-        (summary["selection"] == selection)
-        & (summary["method"] == method)
-        & (summary["scope"] == scope)
-        & np.isclose(summary["retention"].fillna(-1), r)
-    )
-    return summary[match].iloc[0] if match.any() else None
+    rows = rows_of(summary, selection, method, scope, r)
+    return rows.iloc[0] if len(rows) else None
 
 
 def _cell(summary, selection, method, scope, r) -> str:
