@@ -93,3 +93,20 @@ def test_majority_baseline():
     assert result["correct"] == [1, 0, 1]  # test classes 2, 3, 2 in row order
     assert result["accuracy"] == pytest.approx(2 / 3)
     assert result["n_test"] == 3
+
+
+def test_majority_baseline_scores_like_a_constant_classifier():
+    table = pd.DataFrame(
+        {
+            "id": [f"s{i}" for i in range(10)],
+            "sequence": ["MKV"] * 10,
+            "ec_class": [1, 1, 1, 2, 2, 1, 2, 1, 2, 3],
+            "split": ["train"] * 5 + ["validation"] + ["test"] * 4,
+        }
+    )
+    result = majority_baseline(table)  # train: 1 x3, 2 x2 -> always class 1
+    assert result["majority_class"] == 1 and result["correct"] == [0, 1, 0, 0]
+    assert result["accuracy"] == 0.25
+    assert result["balanced_accuracy"] == pytest.approx(1 / 3)  # recall 1, 0, 0 over 3 classes
+    # F1 of class 1: precision 1/4, recall 1 -> 0.4; classes 2 and 3: 0
+    assert result["macro_f1"] == pytest.approx(0.4 / 3)

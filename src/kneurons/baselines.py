@@ -115,9 +115,9 @@ def composition_baseline(split_table: pd.DataFrame, classes=None, seed: int = 0)
 def majority_baseline(split_table: pd.DataFrame) -> dict:
     """Always answer the most common train class (smallest class on ties), scored on 'test'.
 
-    Returns {majority_class, accuracy, balanced_accuracy, n_test, correct} with `correct` 0/1
-    per test row; balanced accuracy is 1 / (classes in test) when the majority class is among
-    them.
+    Returns {majority_class, accuracy, balanced_accuracy, macro_f1, n_test, correct} with
+    `correct` 0/1 per test row; balanced accuracy is 1 / (classes in test) when the majority
+    class is among them.
     """
     parts = _parts(split_table)
     counts = parts["train"]["ec_class"].astype(int).value_counts()
@@ -128,6 +128,9 @@ def majority_baseline(split_table: pd.DataFrame) -> dict:
         "majority_class": majority,
         "accuracy": float(correct.mean()),
         "balanced_accuracy": _balanced_accuracy(truth, np.full_like(truth, majority)),
+        "macro_f1": _macro_f1(
+            truth, np.full_like(truth, majority), sorted(set(truth) | {majority})
+        ),
         "n_test": len(correct),
         "correct": correct.tolist(),
     }
