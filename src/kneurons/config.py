@@ -33,13 +33,21 @@ def _types(schema: Mapping) -> set[str]:
 
 def conform(value, schema: Mapping):
     """`value` with numbers typed as the JSON schema says: `number` -> float, an integral
-    `integer` -> int (JSON Schema accepts 10.0 as an integer; Python's range() does not).
+    `integer` -> int (JSON Schema accepts 10.0 as an integer; Python's range() does not); a
+    string that reads as a number where the schema wants one becomes that number.
 
     Walks `properties`, `additionalProperties` (a schema) and `items`; other values pass as is.
     """
     types = _types(schema)
     if isinstance(value, bool):
         return value
+    if isinstance(value, str) and types & {"integer", "number"}:
+        # `--config seeds=[0]` hands Snakemake's list items over as strings
+        try:
+            value = float(value)
+        except ValueError:
+            return value  # not a number: the schema check names the key
+
     if isinstance(value, int | float):
         if "integer" in types and float(value).is_integer():
             return int(value)

@@ -23,6 +23,8 @@ SCHEMA = yaml.safe_load(CONFIG_SCHEMA.read_text())
 SCHEMA["properties"]["scoring"]["properties"]["methods"]["items"] = {
     "enum": list(METHOD_REGISTRY)
 }
+# numbers given as strings on the command line (--config seeds=[0]) become numbers first
+config.update(conform(config, SCHEMA))
 try:
     check_schema(config, SCHEMA)  # a bad value: one line naming the key, no traceback
 except ConfigError as err:
