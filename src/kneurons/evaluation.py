@@ -52,8 +52,16 @@ RESULT_COLUMNS = [
     "balanced_ci_low",
     "balanced_ci_high",
 ]
-KEPT_COLUMNS = ["seed", "method", "retention", "layer", "module", "n_neurons", "n_kept"]
-KEPT_COLUMNS += ["n_effective"]
+KEPT_COLUMNS = [
+    "seed",
+    "method",
+    "retention",
+    "layer",
+    "module",
+    "n_neurons",
+    "n_kept",
+    "n_effective",
+]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from esm.modules import gelu as esm_gelu
+from torch import nn
 
 from kneurons.model import EnzymeClassifier, encode, frozen, linear
 from kneurons.progress import progress as report_progress
@@ -281,10 +281,10 @@ def _layer_tail(model, parts, padding_mask, layer, module, k) -> torch.Tensor:
         x1 = parts["x"].repeat(1, k, 1) + block.self_attn.out_proj(
             parts["out_proj"].repeat(1, k, 1)
         )
-        h = esm_gelu(block.fc1(block.final_layer_norm(x1)))
+        h = nn.functional.gelu(block.fc1(block.final_layer_norm(x1)))
     elif module == "fc1":
         x1 = parts["x1"].repeat(1, k, 1)
-        h = esm_gelu(block.fc1(parts["fc1"].repeat(1, k, 1)))
+        h = nn.functional.gelu(block.fc1(parts["fc1"].repeat(1, k, 1)))
     else:  # fc2
         x1, h = parts["x1"].repeat(1, k, 1), parts["fc2"].repeat(1, k, 1)
     return x1 + block.fc2(h)
