@@ -2,7 +2,7 @@
 agreement with converged IG, on the workflow's own scoring subset.
 
 Every contender scores all layers and the six default modules of the same sequences (the
-validation subset `scoring.scoring_subset` gives the workflow). Timed contenders run
+validation subset `engine.scoring_subset` gives the workflow). Timed contenders run
 interleaved; each reported time is the median over repeats. See benchmarks/README.md.
 """
 
@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from kneurons import data, scoring, selection
-from kneurons.methods import REGISTRY, ScoringInputs
-from kneurons.model import load_classifier
+from kneurons.analysis import selection
+from kneurons.attribution import engine
+from kneurons.attribution.methods import REGISTRY, ScoringInputs
+from kneurons.data import tables
+from kneurons.model.esm import load_classifier
 
 MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # the config default
 RATIOS = (0.5, 0.25, 0.1, 0.01)  # sweep.retention_ratios default
@@ -38,8 +40,8 @@ class Bench:
     def __init__(self, args):
         self.model, meta = load_classifier(args.model)
         self.layers = list(range(self.model.num_layers))
-        self.sequences, self.labels = scoring.scoring_subset(
-            data.read_labelled(args.split), meta["classes"], args.max_sequences, args.seed
+        self.sequences, self.labels = engine.scoring_subset(
+            tables.read_labelled(args.split), meta["classes"], args.max_sequences, args.seed
         )
         self.max_length = meta["max_length"]
         self.seed = args.seed
@@ -81,7 +83,7 @@ def _order(key):
 
 
 def kept_sets(scores) -> dict[float, set]:
-    frame = scoring.scores_frame(scores)
+    frame = engine.scores_frame(scores)
     out = {}
     for ratio in RATIOS:
         kept = selection.select(frame, ratio).query("kept")

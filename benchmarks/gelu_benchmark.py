@@ -17,7 +17,9 @@ import time
 import esm.modules
 import torch
 
-from kneurons import data, model, train
+from kneurons.data import synthetic
+from kneurons.model import esm as model
+from kneurons.model import train
 
 
 def fair_esm_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +41,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    table = data.generate_synthetic(-(-args.sequences // 6), 60, 90, seed=0)
+    table = synthetic.generate_synthetic(-(-args.sequences // 6), 60, 90, seed=0)
     sequences = list(table["sequence"])[: args.sequences]
     classifier = model.EnzymeClassifier(model.build_tiny_esm2(4, 64, 4, seed=0), 6).eval()
     ours = esm.modules.gelu

@@ -26,15 +26,9 @@ import torch  # noqa: E402
 from captum.attr import LayerIntegratedGradients  # noqa: E402
 from torch import nn  # noqa: E402
 
-from kneurons.attention import use_fused_attention  # noqa: E402
-from kneurons.model import (  # noqa: E402
-    MODULES,
-    EnzymeClassifier,
-    build_tiny_esm2,
-    encode,
-    module_name,
-)
-from kneurons.scoring import ig_scores, ig_scores_reference  # noqa: E402
+from kneurons.attribution.engine import ig_scores, ig_scores_reference  # noqa: E402
+from kneurons.model.attention import use_fused_attention  # noqa: E402
+from kneurons.model.esm import MODULES, EnzymeClassifier, build_tiny_esm2, encode, module_name
 
 ARCHS = {"tiny": (4, 64, 4), "esm2_t6_8M": (6, 320, 20)}
 AMINO = "ACDEFGHIKLMNPQRSTVWY"

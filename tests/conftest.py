@@ -3,7 +3,7 @@ import sys
 import pytest
 import torch
 
-from kneurons.model import EnzymeClassifier, build_tiny_esm2
+from kneurons.model.esm import EnzymeClassifier, build_tiny_esm2
 
 
 @pytest.fixture

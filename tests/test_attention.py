@@ -3,9 +3,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from kneurons.attention import fused_attention_enabled, use_fused_attention
-from kneurons.model import MODULES, EnzymeClassifier, build_tiny_esm2, encode, linear
-from kneurons.scoring import ig_scores
+from kneurons.attribution.engine import ig_scores
+from kneurons.model.attention import fused_attention_enabled, use_fused_attention
+from kneurons.model.esm import MODULES, EnzymeClassifier, build_tiny_esm2, encode, linear
 
 
 def outputs(model, tokens):

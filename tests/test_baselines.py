@@ -2,8 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kneurons.baselines import composition_baseline, composition_features, majority_baseline
-from kneurons.data import STANDARD_RESIDUES, DataError, stratified_split
+from kneurons.analysis.baselines import (
+    composition_baseline,
+    composition_features,
+    majority_baseline,
+)
+from kneurons.data.tables import STANDARD_RESIDUES, DataError, stratified_split
 
 RESIDUES = np.array(list(STANDARD_RESIDUES))
 

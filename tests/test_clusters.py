@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kneurons import clusters, data, workflow
-from kneurons.data import DataError
+from kneurons import workflow
+from kneurons.data import clusters, tables
+from kneurons.data.tables import DataError
 from kneurons.errors import UserError
 from kneurons.io import write_tsv
 
@@ -39,7 +40,7 @@ def family_table() -> pd.DataFrame:
                 for pos in rng.sample(range(1, len(seq)), 4):
                     seq[pos] = rng.choice(AMINO.replace(seq[pos], ""))
                 rows.append((f"c{cls}f{fam}m{member}", "".join(seq), f"{cls}.1.1.1", cls, ""))
-    return data._as_table({c: [r[i] for r in rows] for i, c in enumerate(data.COLUMNS)})
+    return tables.as_table({c: [r[i] for r in rows] for i, c in enumerate(tables.COLUMNS)})
 
 
 def family(ids) -> pd.Series:
@@ -91,7 +92,7 @@ def planted_clusters(table: pd.DataFrame) -> pd.Series:
 def test_cluster_split_keeps_families_whole_and_stratifies(table):
     out = clusters.cluster_split(table, FRACTIONS, 0, planted_clusters(table))
     assert out["id"].tolist() == table["id"].tolist()
-    assert out.columns.tolist() == [*data.COLUMNS, "split"]
+    assert out.columns.tolist() == [*tables.COLUMNS, "split"]
     assert straddling(out) == []
     counts = out.groupby(["ec_class", "split"]).size().unstack()
     # 20 per class: targets 12 / 4 / 4, met exactly with families of 4
@@ -164,7 +165,7 @@ def run_split(tmp_path, table: pd.DataFrame, method: str) -> tuple[pd.DataFrame,
     )
     params = {"method": method, "seed": 0, "identity": 0.3, "coverage": 0.8, **FRACTIONS}
     workflow.split(SimpleNamespace(table=str(path)), out, params, {})
-    return data.read_labelled(out.split), json.loads(out.report.read_text())
+    return tables.read_labelled(out.split), json.loads(out.report.read_text())
 
 
 @needs_mmseqs
@@ -220,18 +221,18 @@ def test_mmseqs_failure_names_its_last_error_line(tmp_path, monkeypatch, table):
 
 
 def test_cap_per_class_is_a_seeded_sample(table):
-    capped, dropped = data.cap_per_class(table, 7, seed=0)
+    capped, dropped = tables.cap_per_class(table, 7, seed=0)
     assert capped["ec_class"].value_counts().to_dict() == {1: 7, 2: 7, 3: 7}
     assert dropped == {"over 7 per class (seeded sample)": 39}
     order = table["id"].tolist()
     assert sorted(capped["id"], key=order.index) == capped["id"].tolist()  # input order kept
-    again, _ = data.cap_per_class(table.iloc[::-1], 7, seed=0)
+    again, _ = tables.cap_per_class(table.iloc[::-1], 7, seed=0)
     assert set(again["id"]) == set(capped["id"])  # row order does not matter
-    other, _ = data.cap_per_class(table, 7, seed=1)
+    other, _ = tables.cap_per_class(table, 7, seed=1)
     assert set(other["id"]) != set(capped["id"])
-    whole, dropped = data.cap_per_class(table, 0, seed=0)
+    whole, dropped = tables.cap_per_class(table, 0, seed=0)
     assert whole.equals(table) and not dropped
-    assert len(data.cap_per_class(table, 25, seed=0)[0]) == len(table)
+    assert len(tables.cap_per_class(table, 25, seed=0)[0]) == len(table)
 
 
 def test_download_caps_a_user_table(tmp_path, table):
@@ -250,7 +251,7 @@ def test_download_caps_a_user_table(tmp_path, table):
     }
     out = SimpleNamespace(table=tmp_path / "sequences.tsv", info=tmp_path / "download.json")
     workflow.download(SimpleNamespace(table=str(path)), out, params, {})
-    kept = data.read_labelled(out.table)
+    kept = tables.read_labelled(out.table)
     info = json.loads(out.info.read_text())
     assert kept["ec_class"].value_counts().to_dict() == {1: 5, 2: 5, 3: 5}
     assert info["class_counts"] == {"1": 5, "2": 5, "3": 5} and info["per_class"] == 5

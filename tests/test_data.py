@@ -5,24 +5,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kneurons.data import (
+from kneurons.data.motifs import MOTIF_REGEX, MOTIFS, find_motifs, format_motifs, parse_motifs
+from kneurons.data.readers import read_fasta, read_input, read_table
+from kneurons.data.synthetic import generate_synthetic
+from kneurons.data.tables import (
     COLUMNS,
-    MOTIF_REGEX,
-    MOTIFS,
     STANDARD_RESIDUES,
     DataError,
     assign_classes,
     classes_of,
     ec_top_class,
     filter_sequences,
-    find_motifs,
-    format_motifs,
-    generate_synthetic,
-    parse_motifs,
-    read_fasta,
-    read_input,
     read_labelled,
-    read_table,
     stratified_split,
     summarize_dropped,
 )
@@ -498,7 +492,7 @@ def test_read_labelled_round_trip(tmp_path, synthetic):
 
 
 def test_synthetic_composition_does_not_give_the_class_away():
-    from kneurons.baselines import composition_baseline
+    from kneurons.analysis.baselines import composition_baseline
 
     kw = dict(n_per_class=80, min_length=60, max_length=90, seed=0, motifs_per_sequence=(2, 3))
     fractions = {"train": 0.6, "validation": 0.2, "test": 0.2}

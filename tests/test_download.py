@@ -15,16 +15,19 @@ import pytest
 import requests
 import torch
 
-from kneurons import data, workflow
-from kneurons import download as dl
-from kneurons.download import (
-    DownloadError,
-    download_file,
+from kneurons import workflow
+from kneurons.data import http, tables
+from kneurons.data.http import DownloadError, download_file, fetch
+from kneurons.data.motifs import parse_motifs
+from kneurons.data.uniprot import (
+    FEATURE_OUTSIDE,
+    FEATURE_UNPARSABLE,
     download_uniprot,
-    fetch,
-    fetch_esm_checkpoint,
+    features_to_motifs,
 )
 from kneurons.io import load_checkpoint
+from kneurons.model import release
+from kneurons.model.release import fetch_esm_checkpoint
 
 from fake_uniprot import Entry, FakeServer, Fault
 
@@ -133,7 +136,7 @@ def test_fetch_honours_retry_after_seconds_and_http_date(server):
 
 
 def test_fetch_caps_retry_after(server, monkeypatch):
-    monkeypatch.setattr(dl, "MAX_RETRY_AFTER", 0.3)
+    monkeypatch.setattr(http, "MAX_RETRY_AFTER", 0.3)
     server.inject(Fault("429", retry_after=120), Fault("503", retry_after_date=3600))
     get(server.url + "/files/blob.bin", backoff=0)
     assert server.count() == 3
@@ -441,12 +444,12 @@ def test_uniprot_features_become_motifs(tmp_path):
     assert list(table.columns) == ["Entry", "EC number", "Sequence", "motifs", "query_class"]
     assert dict(zip(table["Entry"], table["motifs"], strict=True)) == FEATURED_MOTIFS
     # 1-based inclusive -> 0-based half-open: residue 1 is sequence[0], 10..15 is [9:15]
-    entries = data.parse_motifs(FEATURED_MOTIFS["F0001"], length=60)
+    entries = parse_motifs(FEATURED_MOTIFS["F0001"], length=60)
     assert [e["kind"] for e in entries] == ["feature"] * 5
     # BINDING 58..61 runs past the 60 residues; BINDING ?..20 has an unknown start
     assert info["features_dropped"] == {
-        dl.FEATURE_OUTSIDE: 1,
-        dl.FEATURE_UNPARSABLE: 1,
+        FEATURE_OUTSIDE: 1,
+        FEATURE_UNPARSABLE: 1,
     }
 
 
@@ -468,13 +471,13 @@ def test_uniprot_features_count_in_dropped_and_off_leaves_motifs_empty(tmp_path)
             )
             settings = {**params, "uniprot": {**uniprot, "features": features}}
             workflow.download(argparse.Namespace(), out, settings, {})
-            results[features] = (data.read_labelled(out.table), json.loads(out.info.read_text()))
+            results[features] = (tables.read_labelled(out.table), json.loads(out.info.read_text()))
     table, info = results[False]
     assert (table["motifs"] == "").all() and len(table) == 4
     assert info["dropped"] == {}
     table, info = results[True]
     assert dict(zip(table["id"], table["motifs"], strict=True)) == {**FEATURED_MOTIFS, "G0001": ""}
-    assert info["dropped"] == {dl.FEATURE_OUTSIDE: 2, dl.FEATURE_UNPARSABLE: 1}
+    assert info["dropped"] == {FEATURE_OUTSIDE: 2, FEATURE_UNPARSABLE: 1}
 
 
 def test_uniprot_features_page_missing_a_column_is_retried_then_fails(tmp_path, monkeypatch):
@@ -517,8 +520,8 @@ def test_uniprot_features_page_missing_a_column_is_retried_then_fails(tmp_path, 
     ],
 )
 def test_features_to_motifs(text, motifs, dropped):
-    reasons = {"outside": dl.FEATURE_OUTSIDE, "unparsable": dl.FEATURE_UNPARSABLE}
-    got, bad = dl.features_to_motifs([text], 10)
+    reasons = {"outside": FEATURE_OUTSIDE, "unparsable": FEATURE_UNPARSABLE}
+    got, bad = features_to_motifs([text], 10)
     assert got == motifs
     assert bad == {reasons[k]: n for k, n in dropped.items()}
 
@@ -670,9 +673,9 @@ def test_fetch_esm_checkpoint_rejects_odd_names(tmp_path):
 
 
 def test_default_urls():
-    assert dl.ESM_URL.format(name="esm2_t33_650M_UR50D") == (
+    assert release.ESM_URL.format(name="esm2_t33_650M_UR50D") == (
         "https://dl.fbaipublicfiles.com/fair-esm/models/esm2_t33_650M_UR50D.pt"
     )
-    assert dl.ESM_REGRESSION_URL.format(name="esm2_t6_8M_UR50D") == (
+    assert release.ESM_REGRESSION_URL.format(name="esm2_t6_8M_UR50D") == (
         "https://dl.fbaipublicfiles.com/fair-esm/regression/esm2_t6_8M_UR50D-contact-regression.pt"
     )

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from kneurons.model import ablated, encode
-from kneurons.stats import effective_masks
+from kneurons.analysis.stats import effective_masks
+from kneurons.model.esm import ablated, encode
 
 LAYERS, EMBED, HEADS, FFN = 3, 32, 4, 128  # conftest's tiny_classifier
 HEAD_DIM = EMBED // HEADS

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from kneurons import evaluation, train
-from kneurons.model import linear
-from kneurons.scoring import scores_frame
-from kneurons.selection import select
+from kneurons.analysis import evaluation
+from kneurons.analysis.selection import select
+from kneurons.attribution.engine import scores_frame
+from kneurons.model import train
+from kneurons.model.esm import linear
 
 SETTINGS = evaluation.SweepSettings(
     ratios=(0.5, 0.1), random_draws=3, control_draws=2, module_ratios=(0.25,), bootstrap=200

@@ -6,14 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kneurons.hf_checkpoint import (
+from kneurons.model.esm import ALPHABET, encode, load_esm_checkpoint
+from kneurons.model.hf_checkpoint import (
     ESM2_VOCAB,
     HFCheckpointError,
     convert_hf_esm2,
     fair_esm_name,
     read_hf_config,
 )
-from kneurons.model import ALPHABET, encode, load_esm_checkpoint
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.esm.configuration_esm import get_default_vocab_list  # noqa: E402

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from kneurons import knowledge
-from kneurons.knowledge import (
+from kneurons.analysis import knowledge
+from kneurons.analysis.knowledge import (
     attribution_matrix,
     best_motifs,
     class_effects,
@@ -28,8 +28,8 @@ from kneurons.knowledge import (
     units_by_class,
     units_of,
 )
-from kneurons.model import ALPHABET, MODULES, EnzymeClassifier, build_tiny_esm2, encode, linear
-from kneurons.scoring import activation_scores, ig_scores
+from kneurons.attribution.engine import activation_scores, ig_scores
+from kneurons.model.esm import ALPHABET, MODULES, EnzymeClassifier, build_tiny_esm2, encode, linear
 
 # --- per-sequence attributions ----------------------------------------------------------------
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kneurons import knowledge_report as kr
-from kneurons import stats
+from kneurons.analysis import stats
+from kneurons.reporting import knowledge as kr
 
 SEEDS = (0, 1, 2)
 CLASSES = (1, 2, 3)

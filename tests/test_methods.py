@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-import kneurons.methods as methods
-from kneurons.methods import REGISTRY, ScoringInputs, ScoringMethod
-from kneurons.model import linear
+from kneurons.attribution import methods
+from kneurons.attribution.methods import REGISTRY, ScoringInputs, ScoringMethod
+from kneurons.model.esm import linear
 
 SETTINGS = {"ig_steps": 2, "ig_rule": "gausslegendre", "ig_abs": False, "batch_size": 2}
 SETTINGS |= {"rows_per_pass": 8}
@@ -54,15 +54,15 @@ def test_every_method_scores_every_unit(tiny_classifier, sequences, labels, name
 def test_a_new_method_is_one_file(tmp_path, monkeypatch, tiny_classifier):
     (tmp_path / "weightnorm.py").write_text(
         "import torch\n"
-        "from kneurons.methods.base import ScoringMethod\n"
-        "from kneurons.model import linear\n"
+        "from kneurons.attribution.methods.base import ScoringMethod\n"
+        "from kneurons.model.esm import linear\n"
         "def score(model, inputs):\n"
         "    return {(l, m): linear(model.esm, l, m).weight.norm(dim=1).double()\n"
         "            for l in inputs.layers for m in inputs.modules}\n"
         "METHOD = ScoringMethod(name='weightnorm', score=score, needs_model_pass=False)\n"
     )
     monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
-    monkeypatch.delitem(sys.modules, "kneurons.methods.weightnorm", raising=False)
+    monkeypatch.delitem(sys.modules, "kneurons.attribution.methods.weightnorm", raising=False)
     found = methods._discover()
     assert list(found)[-1] == "weightnorm" and list(found)[:2] == ["ig", "activation"]
     assert isinstance(found["weightnorm"], ScoringMethod)
@@ -74,6 +74,6 @@ def test_a_new_method_is_one_file(tmp_path, monkeypatch, tiny_classifier):
 
 def test_reading_the_registry_does_not_import_torch():
     """The Snakefile reads the registry on every parse (dry runs, each cluster job)."""
-    code = "import sys, kneurons.methods as m; print(len(m.REGISTRY), 'torch' in sys.modules)"
+    code = "import sys, kneurons.attribution.methods as m; print(len(m.REGISTRY), 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == [str(len(REGISTRY)), "False"]

@@ -2,7 +2,7 @@ import esm
 import pytest
 import torch
 
-from kneurons.model import (
+from kneurons.model.esm import (
     MODULES,
     EnzymeClassifier,
     ablated,
@@ -16,7 +16,7 @@ from kneurons.model import (
     save_classifier,
     save_esm_checkpoint,
 )
-from kneurons.train import classification_metrics, predict_proba
+from kneurons.model.train import classification_metrics, predict_proba
 
 from conftest import SEQUENCES
 

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from kneurons import progress as progress_module
-from kneurons.model import frozen
+from kneurons.model.esm import frozen
 from kneurons.progress import format_seconds, progress
 
 

@@ -7,7 +7,8 @@ and k_proj under any quadrature rule and step count, though the units differ."""
 import pytest
 import torch
 
-from kneurons.scoring import IG_RULES, ig_scores
+from kneurons.attribution.engine import ig_scores
+from kneurons.attribution.quadrature import IG_RULES
 
 
 @pytest.mark.parametrize("rule", IG_RULES)

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from snakemake.iocontainers import Namedlist
 
-from kneurons.data import DataError
-from kneurons.download import DownloadError
+from kneurons.data.http import DownloadError
+from kneurons.data.tables import DataError
 from kneurons.workflow import run
 
 

@@ -3,15 +3,10 @@ import pandas as pd
 import pytest
 import torch
 
-from kneurons.model import MODULES, ablated, encode, linear
-from kneurons.scoring import (
-    IG_RULES,
-    activation_scores,
-    ig_scores,
-    ig_scores_reference,
-    quadrature,
-)
-from kneurons.selection import keep_masks, kept_counts, select
+from kneurons.analysis.selection import keep_masks, kept_counts, select
+from kneurons.attribution.engine import activation_scores, ig_scores, ig_scores_reference
+from kneurons.attribution.quadrature import IG_RULES, quadrature
+from kneurons.model.esm import MODULES, ablated, encode, linear
 
 
 @pytest.mark.parametrize("rule", IG_RULES)
@@ -194,7 +189,7 @@ def test_scoring_leaves_requires_grad_as_it_was(tiny_classifier, sequences, labe
 
 
 def test_gradxact_equals_ig_with_one_right_riemann_step(tiny_classifier, sequences, labels):
-    from kneurons.methods.gradxact import gradxact_scores
+    from kneurons.attribution.methods.gradxact import gradxact_scores
 
     modules = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
     fast = gradxact_scores(tiny_classifier, sequences, labels, range(3), modules, batch_size=3)
@@ -211,7 +206,7 @@ def test_gradxact_equals_ig_with_one_right_riemann_step(tiny_classifier, sequenc
 
 def test_gradxact_equals_per_unit_finite_differences(tiny_classifier, sequences, labels):
     """Brute force: scale one unit's output by 1 +- eps, one sequence at a time, unbatched."""
-    from kneurons.methods.gradxact import gradxact_scores
+    from kneurons.attribution.methods.gradxact import gradxact_scores
 
     picked = [(0, "k_proj"), (1, "fc1"), (2, "out_proj")]
     fast = gradxact_scores(
@@ -242,7 +237,7 @@ def test_bf16_autocast_ig_stays_close_to_fp32(sequences, labels):
     """The tolerance behind scoring.precision bf16 (autocast leaves float64 alone: a float32
     model). Measured on the 4-layer, 64-dim tiny model: 0.4-0.5% relative L2, top-10% kept
     sets with Jaccard 0.99."""
-    from kneurons.model import EnzymeClassifier, autocast, build_tiny_esm2
+    from kneurons.model.esm import EnzymeClassifier, autocast, build_tiny_esm2
 
     model = EnzymeClassifier(build_tiny_esm2(2, 32, 4, seed=0), 6).eval()
     fp32 = ig_scores(model, sequences, labels, 1, MODULES, steps=8, progress=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from kneurons.stats import (
+from kneurons.analysis.stats import (
     bootstrap_ci,
     bootstrap_means,
     effective_masks,

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from kneurons import data
+from kneurons.data import synthetic, tables
 from kneurons.errors import UserError
-from kneurons.model import EnzymeClassifier, build_tiny_esm2, save_esm_checkpoint
-from kneurons.train import (
+from kneurons.model.esm import EnzymeClassifier, build_tiny_esm2, save_esm_checkpoint
+from kneurons.model.train import (
     _optimiser,
     _train_epoch,
     class_weights,
@@ -129,8 +129,8 @@ def test_bf16_step_on_cpu_and_weighted_loss():
 
 
 def test_finetune_with_every_option(tmp_path):
-    table = data.generate_synthetic(n_per_class=6, min_length=50, max_length=90, seed=0)
-    split = data.stratified_split(table, seed=0)
+    table = synthetic.generate_synthetic(n_per_class=6, min_length=50, max_length=90, seed=0)
+    split = tables.stratified_split(table, seed=0)
     save_esm_checkpoint(build_tiny_esm2(2, 16, 2, seed=0), tmp_path / "esm2_tiny.pt")
     _, classes, metrics = finetune(
         str(tmp_path / "esm2_tiny.pt"),

@@ -7,11 +7,12 @@ import copy
 import pytest
 import torch
 
-from kneurons.methods.gradxact import gradxact_scores
-from kneurons.model import encode, linear
-from kneurons.scoring import activation_scores, ig_scores, quadrature, scores_frame
-from kneurons.selection import keep_masks, kept_counts, select
-from kneurons.train import predict_proba
+from kneurons.analysis.selection import keep_masks, kept_counts, select
+from kneurons.attribution.engine import activation_scores, ig_scores, scores_frame
+from kneurons.attribution.methods.gradxact import gradxact_scores
+from kneurons.attribution.quadrature import quadrature
+from kneurons.model.esm import encode, linear
+from kneurons.model.train import predict_proba
 
 PICKED = [(0, "q_proj"), (1, "v_proj"), (1, "fc1"), (2, "fc2")]
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from workflow_helpers import make_workdir, snakemake
 
-from kneurons.model import build_tiny_esm2, load_esm_checkpoint, save_esm_checkpoint
+from kneurons.model.esm import build_tiny_esm2, load_esm_checkpoint, save_esm_checkpoint
 
 from fake_uniprot import FakeServer
 

@@ -17,7 +17,8 @@ import pandas as pd
 
 # torch and the modules that need it are imported inside the steps that use them, so the data
 # steps (and their failures) start in about a second.
-from kneurons import data, io
+from kneurons import io
+from kneurons.data import readers, synthetic, tables
 from kneurons.errors import UserError
 
 TORCH_FREE_STEPS = {"download", "split", "baselines", "aggregate", "plots", "knowledge_summary"}
@@ -42,7 +43,7 @@ def run(smk, step) -> None:
         force=True,
     )
     if step.__name__ not in TORCH_FREE_STEPS:
-        from kneurons import model
+        from kneurons.model import esm as model
 
         model.set_threads(smk.threads)
     try:
@@ -73,7 +74,7 @@ def download(input, output, params, wildcards) -> None:
     info: dict = {"source": source}
     if source == "synthetic":
         s = params["synthetic"]
-        table = data.generate_synthetic(
+        table = synthetic.generate_synthetic(
             n_per_class=s["n_per_class"],
             min_length=s["min_length"],
             max_length=s["max_length"],
@@ -86,7 +87,7 @@ def download(input, output, params, wildcards) -> None:
         )
         name = "synthetic"
     elif source == "uniprot":
-        from kneurons import download as uniprot
+        from kneurons.data import uniprot
 
         u = params["uniprot"]
         with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +104,7 @@ def download(input, output, params, wildcards) -> None:
                 timeout=u["timeout"],
                 features=u.get("features", False),
             )
-            table, dropped_read = data.read_table(
+            table, dropped_read = readers.read_table(
                 raw, motif_column=uniprot.MOTIFS_COLUMN if u.get("features") else ""
             )
         info["release"] = info["uniprot"]["release"]
@@ -115,7 +116,7 @@ def download(input, output, params, wildcards) -> None:
     else:
         t = params["table"]
         path = input.table
-        table, dropped_read = data.read_input(
+        table, dropped_read = readers.read_input(
             path,
             id_column=t["id_column"],
             ec_column=t["ec_column"],
@@ -125,7 +126,7 @@ def download(input, output, params, wildcards) -> None:
         dropped.update(dropped_read)
         info["table"] = str(Path(path).resolve())
         name = path
-    table, dropped_prepare = data.prepare_table(
+    table, dropped_prepare = tables.prepare_table(
         table,
         params["classes"],
         params["min_length"],
@@ -137,7 +138,7 @@ def download(input, output, params, wildcards) -> None:
     dropped.update(dropped_prepare)
     if source == "table":
         t = params["table"]
-        table, dropped_cap = data.cap_per_class(table, t["per_class"], t["seed"])
+        table, dropped_cap = tables.cap_per_class(table, t["per_class"], t["seed"])
         dropped.update(dropped_cap)
         info["per_class"], info["seed"] = t["per_class"], t["seed"]
     info["dropped"] = dict(dropped)
@@ -145,7 +146,7 @@ def download(input, output, params, wildcards) -> None:
         str(k): int(v) for k, v in table["ec_class"].value_counts().sort_index().items()
     }
     info["n_sequences"] = len(table)
-    for line in data.summarize_dropped(dropped).splitlines():
+    for line in tables.summarize_dropped(dropped).splitlines():
         log.info("dropped: %s", line)
     log.info("kept %d sequences; per class %s", len(table), info["class_counts"])
     io.write_json(info, output.info)
@@ -156,9 +157,9 @@ def split(input, output, params, wildcards) -> None:
     """Write the train/validation/test split (`split.method`: random, stratified by class; or
     cluster, whole MMseqs2 clusters per split) and its report: counts per split and class, the
     clusters, and how close each test sequence is to the training set."""
-    from kneurons import clusters
+    from kneurons.data import clusters
 
-    table = data.read_labelled(input.table)
+    table = tables.read_labelled(input.table)
     fractions = {k: params[k] for k in ("train", "validation", "test")}
     method = params["method"]
     report: dict = {"method": method, "seed": params["seed"], "fractions": fractions}
@@ -182,14 +183,14 @@ def split(input, output, params, wildcards) -> None:
             result = clusters.cluster_split(table, fractions, params["seed"], cluster_ids)
         else:
             report["clusters"] = None  # a random split does not cluster
-            result = data.stratified_split(table, fractions, seed=params["seed"])
-    except data.DataError as err:
-        raise data.DataError(f"{input.table}: {err}; {hint}") from None
+            result = tables.stratified_split(table, fractions, seed=params["seed"])
+    except tables.DataError as err:
+        raise tables.DataError(f"{input.table}: {err}; {hint}") from None
     counts = result.groupby(["split", "ec_class"]).size().unstack(fill_value=0)
     log.info("split sizes per class:\n%s", counts.to_string())
     report["counts"] = {
         s: {str(c): int(n) for c, n in counts.loc[s].items()} if s in counts.index else {}
-        for s in data.SPLITS
+        for s in tables.SPLITS
     }
     report["mmseqs_version"] = clusters.mmseqs_version()
     report["test_max_identity_to_train"] = None
@@ -218,7 +219,7 @@ def split(input, output, params, wildcards) -> None:
 
 def prepare_model(input, output, params, wildcards) -> None:
     """Build the tiny ESM-2 or fetch a release checkpoint, and check that it loads."""
-    from kneurons import model
+    from kneurons.model import esm as model
 
     name = params["name"]
     if name == "tiny":
@@ -230,7 +231,7 @@ def prepare_model(input, output, params, wildcards) -> None:
         log.info("built a tiny ESM-2: %s", model.esm_config(esm2))
         model.save_esm_checkpoint(esm2, output.checkpoint)
     else:
-        from kneurons.download import fetch_esm_checkpoint
+        from kneurons.model.release import fetch_esm_checkpoint
 
         fetch_esm_checkpoint(name, Path(output.checkpoint).parent, base_url=params["url"])
     esm2 = model.load_esm_checkpoint(output.checkpoint)
@@ -241,7 +242,8 @@ def prepare_model(input, output, params, wildcards) -> None:
 
 def convert_hf_model(input, output, params, wildcards) -> None:
     """Write a Hugging Face ESM-2 directory as a fair-esm checkpoint, and check that it loads."""
-    from kneurons import hf_checkpoint, model
+    from kneurons.model import esm as model
+    from kneurons.model import hf_checkpoint
 
     report = hf_checkpoint.convert_hf_esm2(Path(input.config).parent, output.checkpoint)
     log.info("dropped on purpose (checked): %s", ", ".join(report["dropped"]) or "nothing")
@@ -253,12 +255,13 @@ def convert_hf_model(input, output, params, wildcards) -> None:
 
 def finetune(input, output, params, wildcards) -> None:
     """Fine-tune ESM-2 plus a head for one seed; write the model and its metrics."""
-    from kneurons import model, train
+    from kneurons.model import esm as model
+    from kneurons.model import train
 
     device = model.pick_device(params["device"])
     classifier, classes, metrics = train.finetune(
         input.checkpoint,
-        data.read_labelled(input.split),
+        tables.read_labelled(input.split),
         seed=int(wildcards["seed"]),
         epochs=params["epochs"],
         lr=params["lr"],
@@ -281,7 +284,8 @@ def finetune(input, output, params, wildcards) -> None:
 
 def score(input, output, params, wildcards) -> None:
     """Scores of one method (`kneurons.methods`): one layer (per-layer methods) or all."""
-    from kneurons import methods, model, scoring
+    from kneurons.attribution import engine, methods
+    from kneurons.model import esm as model
 
     method = methods.get(wildcards["method"])
     seed = int(wildcards["seed"])
@@ -290,8 +294,8 @@ def score(input, output, params, wildcards) -> None:
     )
     sequences, labels = [], []
     if method.needs_model_pass:
-        sequences, labels = scoring.scoring_subset(
-            data.read_labelled(input.split), meta["classes"], params["max_sequences"], seed
+        sequences, labels = engine.scoring_subset(
+            tables.read_labelled(input.split), meta["classes"], params["max_sequences"], seed
         )
     if "layer" in wildcards:
         layers = [int(wildcards["layer"])]
@@ -331,7 +335,7 @@ def score(input, output, params, wildcards) -> None:
             scores = {key: values.mean(0) for key, values in scores.items()}
         with io.atomic_path(output.per_sequence) as tmp, open(tmp, "wb") as handle:
             np.save(handle, rows)
-    io.write_tsv(scoring.scores_frame(scores), output.scores)
+    io.write_tsv(engine.scores_frame(scores), output.scores)
 
 
 def merge_scores(input, output, params, wildcards) -> None:
@@ -348,7 +352,8 @@ def merge_scores(input, output, params, wildcards) -> None:
 def evaluate(input, output, params, wildcards) -> None:
     """Every pruned model of one seed (methods, random and matched-random controls,
     within-module pruning) on the test split, in one process: `kneurons.evaluation`."""
-    from kneurons import evaluation, model
+    from kneurons.analysis import evaluation
+    from kneurons.model import esm as model
 
     seed = int(wildcards["seed"])
     device = model.pick_device(params["device"])
@@ -366,7 +371,7 @@ def evaluate(input, output, params, wildcards) -> None:
         bootstrap=params["bootstrap"],
         batch_size=params["batch_size"],
     )
-    test = data.read_labelled(input.split).query("split == 'test'")
+    test = tables.read_labelled(input.split).query("split == 'test'")
     log.info("evaluating on %d test sequences (%s)", len(test), device)
     results, kept = evaluation.evaluate_seed(
         classifier,
@@ -384,10 +389,10 @@ def evaluate(input, output, params, wildcards) -> None:
 
 def baselines(input, output, params, wildcards) -> None:
     """Majority-class and composition baselines of one split, with bootstrap intervals."""
-    from kneurons import baselines as baseline_models
-    from kneurons import stats
+    from kneurons.analysis import baselines as baseline_models
+    from kneurons.analysis import stats
 
-    split_table = data.read_labelled(input.split)
+    split_table = tables.read_labelled(input.split)
     test = split_table[split_table["split"] == "test"]
     result = {}
     for name, fit in (
@@ -424,14 +429,16 @@ def baselines(input, output, params, wildcards) -> None:
 def knowledge(input, output, params, wildcards) -> None:
     """One seed's knowledge neurons per class, their suppress/amplify effects against matched
     random units, and their motif AUROCs (`kneurons.knowledge`)."""
-    from kneurons import knowledge, model, scoring
+    from kneurons.analysis import knowledge
+    from kneurons.attribution import engine
+    from kneurons.model import esm as model
 
     seed = int(wildcards["seed"])
     classifier, meta = model.load_classifier(input.model, model.pick_device(params["device"]))
     classes, max_length = meta["classes"], meta["max_length"]
-    split_table = data.read_labelled(input.split)
+    split_table = tables.read_labelled(input.split)
     # the scoring subset the attributions were computed on (same seed, same rule)
-    sequences, labels = scoring.scoring_subset(split_table, classes, params["max_sequences"], seed)
+    sequences, labels = engine.scoring_subset(split_table, classes, params["max_sequences"], seed)
     units = pd.read_csv(input.scores, sep="\t")[["layer", "module", "unit"]]
     attributions = np.load(input.per_sequence)
     neurons = knowledge.knowledge_neurons(
@@ -473,7 +480,7 @@ def knowledge(input, output, params, wildcards) -> None:
 
 def knowledge_summary(input, output, params, wildcards) -> None:
     """Across seeds: specificity with tests, motif detectors, the summary page and figures."""
-    from kneurons import knowledge_report
+    from kneurons.reporting import knowledge as knowledge_report
 
     knowledge_report.write_outputs(
         list(input.neurons),
@@ -490,19 +497,19 @@ def knowledge_summary(input, output, params, wildcards) -> None:
 
 def aggregate(input, output, params, wildcards) -> None:
     """Tables with intervals and tests, and the markdown summary, over seeds (`report`)."""
-    from kneurons import report
+    from kneurons.reporting import pruning
 
-    report.write_outputs(
+    pruning.write_outputs(
         list(input.finetune),
         list(input.results),
         list(input.kept),
         list(input.baselines),
-        {key: output[key] for key in report.OUTPUT_KEYS},
+        {key: output[key] for key in pruning.OUTPUT_KEYS},
     )
 
 
 def plots(input, output, params, wildcards) -> None:
     """The figures, PNG and PDF."""
-    from kneurons import plots as plotting
+    from kneurons.reporting import plots
 
-    plotting.make_all_plots(input, Path(output[0]).parent, params)
+    plots.make_all_plots(input, Path(output[0]).parent, params)

@@ -12,8 +12,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from kneurons.config import ConfigError, canonical, check_schema, conform
-from kneurons.hf_checkpoint import HFCheckpointError, read_hf_config, weight_files
-from kneurons.methods import REGISTRY as METHOD_REGISTRY
+from kneurons.model.hf_checkpoint import HFCheckpointError, read_hf_config, weight_files
+from kneurons.attribution.methods import REGISTRY as METHOD_REGISTRY
 
 min_version("9.0")
 
@@ -276,7 +276,7 @@ def split_settings(wildcards):
         {k: config["split"][k] for k in keys},
         seed=seed,
         identity_report=identity_report,
-        code=code_version("data", "clusters"),
+        code=code_version("data.tables", "data.clusters"),
     )
 
 
@@ -311,8 +311,8 @@ def download_params():
 def download_code():
     """The code that decides the download: the UniProt client only when it is used."""
     if config["data"]["source"] == "uniprot":
-        return code_version("data", "download")
-    return code_version("data")
+        return code_version("data.synthetic", "data.readers", "data.tables", "data.uniprot")
+    return code_version("data.synthetic", "data.readers", "data.tables")
 
 
 def user_table():
@@ -357,7 +357,7 @@ def scoring_settings(wildcards):
         keys += ["max_sequences", "device", "precision"]
     return settings(
         {key: config["scoring"][key] for key in keys},
-        code=code_version("model", "scoring", f"methods.{method.name}"),
+        code=code_version("model.esm", "attribution.engine", f"attribution.methods.{method.name}"),
     )
 
 
@@ -392,7 +392,7 @@ def evaluation_settings():
         device=config["sweep"]["device"],
         methods=METHODS,
         normalize=config["scoring"]["normalize"],
-        code=code_version("evaluation"),
+        code=code_version("analysis.evaluation"),
     )
 
 

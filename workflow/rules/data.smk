@@ -56,7 +56,7 @@ rule baselines:
     params:
         settings=settings(
             bootstrap=config["sweep"]["bootstrap"],
-            code=code_version("baselines", "stats"),
+            code=code_version("analysis.baselines", "analysis.stats"),
         ),
     script:
         "../scripts/baselines.py"

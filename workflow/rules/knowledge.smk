@@ -19,7 +19,7 @@ rule knowledge:
         settings=settings(
             config["knowledge"],
             max_sequences=config["scoring"]["max_sequences"],
-            code=code_version("knowledge"),
+            code=code_version("analysis.knowledge"),
         ),
     script:
         "../scripts/knowledge.py"
@@ -68,7 +68,7 @@ rule knowledge_summary:
         "../../envs/kneurons.yaml"
     params:
         settings=settings(
-            config["plots"], seeds=SEEDS, code=code_version("knowledge_report")
+            config["plots"], seeds=SEEDS, code=code_version("reporting.knowledge")
         ),
     script:
         "../scripts/knowledge_summary.py"

@@ -11,7 +11,7 @@ rule prepare_model:
         "../../envs/kneurons.yaml"
     params:
         settings=settings(
-            name="tiny", tiny=config["model"]["tiny"], code=code_version("model")
+            name="tiny", tiny=config["model"]["tiny"], code=code_version("model.esm")
         ),
     script:
         "../scripts/prepare_model.py"
@@ -35,7 +35,7 @@ rule fetch_pretrained_model:
         settings=lambda wildcards: settings(
             name=wildcards.name,
             url=config["model"]["url"],
-            code=code_version("model", "download"),
+            code=code_version("model.esm", "model.release"),
         ),
     script:
         "../scripts/prepare_model.py"
@@ -58,7 +58,7 @@ if hf_directory():
         conda:
             "../../envs/kneurons.yaml"
         params:
-            settings=settings(code=code_version("hf_checkpoint")),
+            settings=settings(code=code_version("model.hf_checkpoint")),
         script:
             "../scripts/convert_hf_model.py"
 
@@ -84,6 +84,6 @@ rule finetune:
     resources:
         gpu=1 if config["finetune"]["device"].startswith("cuda") else 0,
     params:
-        settings=settings(config["finetune"], code=code_version("model", "train")),
+        settings=settings(config["finetune"], code=code_version("model.esm", "model.train")),
     script:
         "../scripts/finetune.py"

@@ -30,7 +30,7 @@ rule aggregate:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=settings(code=code_version("report")),
+        settings=settings(code=code_version("reporting.pruning")),
     script:
         "../scripts/aggregate.py"
 
@@ -56,7 +56,7 @@ rule plots:
             config["plots"],
             method_colors={m: METHOD_REGISTRY[m].color for m in METHODS},
             granularity=config["scoring"]["granularity"],
-            code=code_version("plots"),
+            code=code_version("reporting.plots"),
         ),
     script:
         "../scripts/plots.py"

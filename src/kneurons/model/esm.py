@@ -14,9 +14,9 @@ import torch
 from esm.model.esm2 import ESM2
 from torch import nn
 
-from kneurons.attention import use_fused_attention
 from kneurons.io import atomic_path, load_checkpoint
-from kneurons.units import ATTENTION_MODULES, MODULES
+from kneurons.model.attention import use_fused_attention
+from kneurons.model.units import ATTENTION_MODULES, MODULES
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,16 @@ import pandas as pd
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from kneurons import stats
+from kneurons.analysis import stats
 from kneurons.io import atomic_path, write_tsv
-from kneurons.plots import _annotate_cells, _ColourScale, _rc, _save, _style
-from kneurons.report import _interval, _md_table, _p, module_order
+from kneurons.reporting.format import format_interval, format_p, md_table, module_order
+from kneurons.reporting.style import (
+    ColourScale,
+    annotate_cells,
+    merged_style,
+    rc_params,
+    save_figure,
+)
 
 PathLike = str | os.PathLike
 
@@ -398,8 +404,8 @@ def _first_paragraph(
             m = matched["own_share_mean"].iloc[0] if not matched.empty else np.nan
             share = (
                 f" (share of knowledge neurons whose best motif is their own class's: "
-                f"{_interval(r.own_share_mean, r.own_share_ci_low, r.own_share_ci_high, 2)}, "
-                f"matched random units {m:.2f}; difference Holm p {_p(r.p_holm)})"
+                f"{format_interval(r.own_share_mean, r.own_share_ci_low, r.own_share_ci_high, 2)}, "
+                f"matched random units {m:.2f}; difference Holm p {format_p(r.p_holm)})"
             )
         pooled_more = bool(not pooled.empty and pooled["more_own"].astype(bool).iloc[0])
         counted = f"per class in {len(more)} of {len(per_class)} classes with scored units"
@@ -465,7 +471,7 @@ def _neuron_lines(neurons: pd.DataFrame, classes: list, seeds: list[int], n_top:
         "seeds with any",
         f"top (layer, module) cells (mean count over {len(seeds)} seeds)",
     ]
-    return ["## Knowledge neurons per class", "", *_md_table(header, rows)]
+    return ["## Knowledge neurons per class", "", *md_table(header, rows)]
 
 
 def _effect_lines(specificity: pd.DataFrame) -> list[str]:
@@ -479,11 +485,13 @@ def _effect_lines(specificity: pd.DataFrame) -> list[str]:
                     _cls(r.neuron_class),
                     f"{r.intervention} ({FACTORS.get(r.intervention, '?')})",
                     str(r.n_seeds),
-                    _interval(r.own_effect_mean, r.own_ci_low, r.own_ci_high),
-                    _interval(r.specificity_mean, r.specificity_ci_low, r.specificity_ci_high),
+                    format_interval(r.own_effect_mean, r.own_ci_low, r.own_ci_high),
+                    format_interval(
+                        r.specificity_mean, r.specificity_ci_low, r.specificity_ci_high
+                    ),
                     f"{r.matched_specificity_mean:.3f}",
-                    _interval(r.difference_mean, r.difference_ci_low, r.difference_ci_high),
-                    _p(r.p_holm),
+                    format_interval(r.difference_mean, r.difference_ci_low, r.difference_ci_high),
+                    format_p(r.p_holm),
                     "yes" if r.specific else "no",
                 ]
             )
@@ -499,7 +507,7 @@ def _effect_lines(specificity: pd.DataFrame) -> list[str]:
             "specific",
         ]
         lines += [f"## Causal effects on {QUANTITY_LABELS.get(quantity, quantity)}", ""]
-        lines += _md_table(header, rows)
+        lines += md_table(header, rows)
     return lines
 
 
@@ -532,14 +540,14 @@ def _motif_lines(motifs: pd.DataFrame, detectors: pd.DataFrame, n_top: int) -> l
         rows.append(
             [
                 _cls(c),
-                _interval(k.own_share_mean, k.own_share_ci_low, k.own_share_ci_high, 2),
-                _interval(k.other_share_mean, k.other_share_ci_low, k.other_share_ci_high, 2),
+                format_interval(k.own_share_mean, k.own_share_ci_low, k.own_share_ci_high, 2),
+                format_interval(k.other_share_mean, k.other_share_ci_low, k.other_share_ci_high, 2),
                 f"{k.none_share_mean:.2f}",
                 f"{matched['own_share_mean'].iloc[0]:.2f}" if not matched.empty else "–",
-                _interval(
+                format_interval(
                     k.own_difference_mean, k.own_difference_ci_low, k.own_difference_ci_high, 2
                 )
-                + f", p {_p(k.p_holm)}",
+                + f", p {format_p(k.p_holm)}",
                 "; ".join(
                     f"s{r.seed} L{r.layer} {r.module}:{r.unit} {r.best_motif} (EC {r.motif_class}) "
                     f"{r.best_auroc:.2f}"
@@ -557,7 +565,7 @@ def _motif_lines(motifs: pd.DataFrame, detectors: pd.DataFrame, n_top: int) -> l
         "own share - matched",
         "top detectors (seed, unit, best motif (its class), AUROC)",
     ]
-    return lines + _md_table(header, rows)
+    return lines + md_table(header, rows)
 
 
 def summary_markdown(
@@ -624,7 +632,7 @@ def plot_effects(
     """Class x class heatmaps of the mean change in p(true class) over seeds: rows suppress and
     amplify, columns the knowledge neurons and the mean of their matched random sets; one
     diverging colour scale centred at 0, values printed."""
-    st = _style(style)
+    st = merged_style(style)
     classes = class_order(effects.get("neuron_class", []), effects.get("sequence_class", []))
     grids = {
         (i, s): _effect_matrix(effects, i, s, classes) if classes else np.empty((0, 0))
@@ -633,7 +641,7 @@ def plot_effects(
     }
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
     span = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-6)
-    scale = _ColourScale(
+    scale = ColourScale(
         Normalize(vmin=-span, vmax=span),
         mpl.colormaps[st["diverging_cmap"]],
         "change in p(true class)",
@@ -641,7 +649,7 @@ def plot_effects(
     )
     n_seeds = len(_seeds_of(effects))
     side = st["figure_width"] / 2
-    with mpl.rc_context(_rc(st)):
+    with mpl.rc_context(rc_params(st)):
         fig = Figure(figsize=(st["figure_width"], side * 2 * 0.9 + 0.6), layout="constrained")
         axes = fig.subplots(2, 2, squeeze=False)
         im = None
@@ -659,7 +667,7 @@ def plot_effects(
                     interpolation="nearest",
                 )
                 if len(classes) <= 12:
-                    _annotate_cells(ax, grid, scale, st["font_size"] * 1.4)
+                    annotate_cells(ax, grid, scale, st["font_size"] * 1.4)
                 labels = [str(c) for c in classes]
                 ax.set_xticks(range(len(classes)), labels)
                 ax.set_yticks(range(len(classes)), labels)
@@ -674,7 +682,7 @@ def plot_effects(
             f"Change in p(true class) when a class's neurons are scaled; mean over {n_seeds} "
             f"seed{'s' if n_seeds != 1 else ''}"
         )
-        return _save(fig, out_png, out_pdf, st["dpi"])
+        return save_figure(fig, out_png, out_pdf, st["dpi"])
 
 
 def plot_placement(
@@ -687,15 +695,15 @@ def plot_placement(
 ) -> list[Path]:
     """Per class, a layers x module types heatmap of the mean number of knowledge neurons over
     seeds (a seed without any counts 0); one colour scale, counts printed."""
-    st = _style(style)
+    st = merged_style(style)
     seeds = list(seeds) if seeds is not None else _seeds_of(neurons)
     means = placement_means(neurons, seeds)
     classes = class_order(means["class"])
-    with mpl.rc_context(_rc(st)):
+    with mpl.rc_context(rc_params(st)):
         if not classes:
             fig = Figure(figsize=(st["figure_width"], 3), layout="constrained")
             _message(fig.subplots(), "no knowledge neurons in any class or seed")
-            return _save(fig, out_png, out_pdf, st["dpi"])
+            return save_figure(fig, out_png, out_pdf, st["dpi"])
         layers = list(range(int(means["layer"].min()), int(means["layer"].max()) + 1))
         mods = module_order(means["module"])
         n_cols = min(3, len(classes))
@@ -704,7 +712,7 @@ def plot_placement(
         panel_h = max(1.8, 0.22 * len(layers) + 0.9) if annotate else 4.0
         fig = Figure(figsize=(st["figure_width"], panel_h * n_rows + 0.8), layout="constrained")
         axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
-        scale = _ColourScale(
+        scale = ColourScale(
             Normalize(vmin=0.0, vmax=max(float(means["count"].max()), 1e-9)),
             mpl.colormaps[st["cmap"]],
             "knowledge neurons (mean count)",
@@ -725,7 +733,7 @@ def plot_placement(
             )
             im = ax.imshow(grid, aspect="auto", origin="lower", cmap=scale.cmap, norm=scale.norm)
             if annotate:
-                _annotate_cells(ax, np.where(grid > 0, grid, np.nan), scale, st["font_size"])
+                annotate_cells(ax, np.where(grid > 0, grid, np.nan), scale, st["font_size"])
             ax.set_title(_cls(c))
             ax.set_xticks(range(len(mods)), mods, rotation=45, ha="right")
             ax.set_yticks(range(len(layers))[:: max(1, len(layers) // 8)])
@@ -738,7 +746,7 @@ def plot_placement(
             "Where each class's knowledge neurons sit: mean count per layer and module type "
             f"over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
         )
-        return _save(fig, out_png, out_pdf, st["dpi"])
+        return save_figure(fig, out_png, out_pdf, st["dpi"])
 
 
 def plot_motif_detectors(
@@ -747,16 +755,16 @@ def plot_motif_detectors(
     """The first seed's knowledge neurons (rows, grouped by class) x motif types (columns,
     grouped by the motif's class), coloured by AUROC (diverging, centred at 0.5); a message
     panel when there is no motif annotation."""
-    st = _style(style)
+    st = merged_style(style)
     know = motifs[motifs["set"] == KNOWLEDGE] if len(motifs) else motifs
-    with mpl.rc_context(_rc(st)):
+    with mpl.rc_context(rc_params(st)):
         if know.empty:
             fig = Figure(figsize=(st["figure_width"], 3), layout="constrained")
             _message(
                 fig.subplots(),
                 "No motif annotation in the data:\nmotif detectors were not measured",
             )
-            return _save(fig, out_png, out_pdf, st["dpi"])
+            return save_figure(fig, out_png, out_pdf, st["dpi"])
         seed = int(know["seed"].min())
         sub = know[know["seed"] == seed]
         motif_cols = (
@@ -806,7 +814,7 @@ def plot_motif_detectors(
         cbar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.01, aspect=30)
         cbar.set_label("token-level AUROC (0.5 = chance)")
         fig.suptitle(f"Motif AUROC of the knowledge neurons of seed {seed} (first seed)")
-        return _save(fig, out_png, out_pdf, st["dpi"])
+        return save_figure(fig, out_png, out_pdf, st["dpi"])
 
 
 def _sort_key(column: pd.Series) -> pd.Series:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kneurons.methods.base import ScoringInputs, ScoringMethod
+from kneurons.attribution.methods.base import ScoringInputs, ScoringMethod
 
 if TYPE_CHECKING:
-    from kneurons.methods.base import Scores
-    from kneurons.model import EnzymeClassifier
+    from kneurons.attribution.methods.base import Scores
+    from kneurons.model.esm import EnzymeClassifier
 
 
 def gradxact_scores(
@@ -32,9 +32,9 @@ def gradxact_scores(
     inputs), w_ij x d p / d w_ij = w_ij x sum over tokens of (d p / d output_i) x input_j."""
     import torch  # lazy: see methods.base
 
-    from kneurons.model import encode, frozen, linear
+    from kneurons.attribution.engine import length_sorted_batches
+    from kneurons.model.esm import encode, frozen, linear
     from kneurons.progress import progress
-    from kneurons.scoring import length_sorted_batches
 
     per_weight = granularity == "weight"
     model.eval()

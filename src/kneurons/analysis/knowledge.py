@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
-from kneurons.data import MOTIF_KINDS, MOTIFS, parse_motifs
-from kneurons.model import EnzymeClassifier, ablated, encode, linear
-from kneurons.scoring import ig_scores, length_sorted_batches
-from kneurons.train import predict_proba
+from kneurons.attribution.engine import ig_scores, length_sorted_batches
+from kneurons.data.motifs import MOTIF_KINDS, MOTIFS, parse_motifs
+from kneurons.model.esm import EnzymeClassifier, ablated, encode, linear
+from kneurons.model.train import predict_proba
 
 UNIT_COLUMNS = ["layer", "module", "unit"]
 KN_COLUMNS = ["class", "layer", "module", "unit", "share", "mean_attribution"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kneurons import data
+from kneurons.data import tables
 from kneurons.errors import UserError
 
 MMSEQS = "mmseqs"
@@ -137,7 +137,7 @@ def cluster_split(
     """Add a `split` column (train/validation/test) that puts every cluster whole into one split,
     stratified by ec_class as far as the clusters allow.
 
-    Targets per class are those of `data.stratified_split` (validation and test round-half-up
+    Targets per class are those of `tables.stratified_split` (validation and test round-half-up
     of n * fraction, at least 1). A cluster counts for its majority class (ties: smallest).
     Clusters are sorted by id, then shuffled with the seed. First, so that small classes reach
     every split, test and then validation get the smallest cluster of each class (first in the
@@ -147,21 +147,21 @@ def cluster_split(
     validation, test); so a big cluster lands where it overshoots least, usually train.
     DataError when a class ends up missing from a split. Output rows keep the input order.
     """
-    fractions = data.check_split_input(table, fractions)
+    fractions = tables.check_split_input(table, fractions)
     clusters = pd.Series(clusters)
     ids = table["id"].astype(str)
     missing = ids[~ids.isin(clusters.index)]
     if len(missing):
-        raise data.DataError(f"sequence id {missing.iloc[0]} has no cluster")
+        raise tables.DataError(f"sequence id {missing.iloc[0]} has no cluster")
     cluster_of = clusters.loc[ids.to_numpy()].to_numpy()
     labels = table["ec_class"].to_numpy()
     classes = sorted(int(c) for c in np.unique(labels))
-    target = {s: Counter() for s in data.SPLITS}
+    target = {s: Counter() for s in tables.SPLITS}
     for cls in classes:
-        sizes = data.split_sizes(int((labels == cls).sum()), fractions, cls)
-        for s in data.SPLITS:
+        sizes = tables.split_sizes(int((labels == cls).sum()), fractions, cls)
+        for s in tables.SPLITS:
             target[s][cls] = sizes[s]
-    total_target = {s: sum(target[s].values()) for s in data.SPLITS}
+    total_target = {s: sum(target[s].values()) for s in tables.SPLITS}
 
     members: dict[str, list[int]] = {}
     for row, cid in enumerate(cluster_of):
@@ -170,7 +170,7 @@ def cluster_split(
     order = [names[k] for k in np.random.default_rng(seed).permutation(len(names))]
     counts = {name: Counter(int(labels[r]) for r in members[name]) for name in order}
     major = {name: min(c, key=lambda k, c=c: (-c[k], k)) for name, c in counts.items()}
-    assigned = {s: Counter() for s in data.SPLITS}
+    assigned = {s: Counter() for s in tables.SPLITS}
     split = np.empty(len(table), dtype=object)
 
     def assign(name: str, chosen: str) -> None:
@@ -189,11 +189,11 @@ def cluster_split(
         if name not in seeded:
             assign(name, _least_filled(counts[name], major[name], assigned, target, total_target))
     for cls in classes:
-        empty = [s for s in data.SPLITS if assigned[s][cls] == 0]
+        empty = [s for s in tables.SPLITS if assigned[s][cls] == 0]
         if empty:
-            n = sum(assigned[s][cls] for s in data.SPLITS)
+            n = sum(assigned[s][cls] for s in tables.SPLITS)
             k = len({cluster_of[r] for r in np.flatnonzero(labels == cls)})
-            raise data.DataError(
+            raise tables.DataError(
                 f"class {cls} has {n} sequences in {k} cluster(s), too few to give "
                 f"{' and '.join(empty)} a share of it"
             )
@@ -211,10 +211,10 @@ def _least_filled(counts: Counter, major: int, assigned: dict, target: dict, tot
             (assigned[s][major] + counts[major]) / target[s][major],
             assigned[s][major] > 0,  # at a tie, give the class to a split that lacks it
             (sum(assigned[s].values()) + size) / total[s],
-            data.SPLITS.index(s),
+            tables.SPLITS.index(s),
         )
 
-    return min(data.SPLITS, key=fill)
+    return min(tables.SPLITS, key=fill)
 
 
 def cluster_summary(clusters: pd.Series) -> dict:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kneurons.methods.base import ScoringInputs, ScoringMethod
+from kneurons.attribution.methods.base import ScoringInputs, ScoringMethod
 
 if TYPE_CHECKING:
-    from kneurons.methods.base import Scores
+    from kneurons.attribution.methods.base import Scores
 
 
 def score(model, inputs: ScoringInputs) -> Scores:
     """IG of p(true class) for every unit of `inputs.modules` in each of `inputs.layers`."""
-    from kneurons.scoring import ig_scores  # lazy: see methods.base
+    from kneurons.attribution.engine import ig_scores
 
     s = inputs.settings
     scores: Scores = {}

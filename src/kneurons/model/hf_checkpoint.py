@@ -324,7 +324,7 @@ def convert_hf_esm2(directory: str | Path, out_path: str | Path) -> dict:
     """
     from esm.model.esm2 import ESM2
 
-    from kneurons.model import ALPHABET, save_esm_checkpoint
+    from kneurons.model.esm import ALPHABET, save_esm_checkpoint
 
     directory = Path(directory)
     if tuple(ALPHABET.all_toks) != ESM2_VOCAB:

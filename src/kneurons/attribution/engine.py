@@ -1,12 +1,4 @@
-"""Scoring engines shared by the methods in `kneurons.methods`: activation magnitude,
-integrated gradients (IG), the scoring subset, batching and the scores table.
-
-A neuron is one output unit of a Linear module (`model.MODULES`) in one layer. IG follows
-Dai et al.: the module's whole output is scaled from 0 to its value; a unit's attribution is
-the sum over positions of output x path-averaged gradient of p(true class), averaged over
-sequences. The engine runs the layers below the scored one once per batch, puts the path
-steps in the batch dimension and takes one `autograd.grad` per chunk; weights never need grad.
-"""
+"""attribution.engine (moved from kneurons.scoring)."""
 
 from __future__ import annotations
 
@@ -18,35 +10,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from kneurons.model import EnzymeClassifier, encode, frozen, linear
+from kneurons.attribution.quadrature import quadrature
+from kneurons.model.esm import EnzymeClassifier, encode, frozen, linear
 from kneurons.progress import progress as report_progress
 
 log = logging.getLogger(__name__)
 
+
 GRANULARITIES = ("unit", "weight")
-IG_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
-
-
-def quadrature(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points alpha in [0, 1] and weights w with sum_k w_k f(alpha_k) ~ integral_0^1 f."""
-    m = steps
-    if rule == "riemann_left":
-        alphas, weights = torch.arange(m) / m, torch.full((m,), 1 / m)
-    elif rule == "riemann_right":
-        alphas, weights = torch.arange(1, m + 1) / m, torch.full((m,), 1 / m)
-    elif rule == "riemann_middle":
-        alphas, weights = (torch.arange(m) + 0.5) / m, torch.full((m,), 1 / m)
-    elif rule == "riemann_trapezoid":
-        if m < 2:
-            raise ValueError("riemann_trapezoid needs at least 2 steps")
-        alphas, weights = torch.linspace(0, 1, m), torch.full((m,), 1 / (m - 1))
-        weights[[0, -1]] /= 2
-    elif rule == "gausslegendre":
-        x, w = np.polynomial.legendre.leggauss(m)
-        alphas, weights = torch.from_numpy((x + 1) / 2), torch.from_numpy(w / 2)
-    else:
-        raise ValueError(f"unknown IG rule {rule!r}; expected one of {', '.join(IG_RULES)}")
-    return alphas.double(), weights.double()
 
 
 def scores_frame(scores: dict[tuple[int, str], torch.Tensor]) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kneurons.errors import UserError
-from kneurons.model import EnzymeClassifier, ablated, autocast, encode, load_esm_checkpoint
+from kneurons.model.esm import EnzymeClassifier, ablated, autocast, encode, load_esm_checkpoint
 from kneurons.progress import format_seconds, progress
 
 log = logging.getLogger(__name__)

@@ -1,80 +1,44 @@
-"""Aggregate the seeds' evaluations into tables with intervals and tests, and a summary page.
-
-Inputs per seed: the fine-tuning metrics, the evaluation results (one row per pruned model:
-`kneurons.evaluation`), the kept counts per (layer, module) of each method's selections, and
-the split's baselines (majority class, residue composition).
-
-Intervals: one kind per level. A single model's accuracy has a 95% percentile-bootstrap
-interval over test sequences (computed in the evaluation). Across seeds, a mean has a 95%
-Student-t interval over the per-seed values (the seed is the replicate: it varies the split,
-the initialisation, training and scoring). Tests compare per-seed values paired by seed
-(`stats.paired_test`) and are Holm-corrected within each family of comparisons.
-
-Enrichment of a module type M = (fraction of M's units kept) / (fraction of all units kept):
-1 = kept in proportion to size; a uniform random selection gives 1 in expectation. Its null is
-exact: under same-size random selections the kept count of M is hypergeometric.
-"""
+"""reporting.pruning (moved from kneurons.report)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from kneurons import stats
+from kneurons.analysis import stats
 from kneurons.io import atomic_path, read_json, write_tsv
-from kneurons.units import MODULES
+from kneurons.reporting.format import (
+    FULL_METHOD,
+    RANDOM,
+    format_interval,
+    format_p,
+    format_retention,
+    md_table,
+    method_order,
+    module_order,
+)
 
-FULL_METHOD = "full"
-RANDOM = "random"
 FOCUS_MODULE = "k_proj"
+
+
 GLOBAL = "global"
+
+
 ALPHA = 0.05
+
+
 # a pruned model that keeps less than this share of the full model's gain over chance is
 # "near chance": where its units sit says nothing about what the model uses
 NEAR_CHANCE = 0.25
+
+
 OUTPUT_KEYS = ("accuracy", "summary", "tests", "enrichment", "density", "markdown")
 
+
 PathLike = str | os.PathLike
-
-# ----------------------------------------------------------------------------- ordering helpers
-
-
-def method_order(methods: Iterable[str]) -> list[str]:
-    """'full' first, the scored methods in order of first appearance (the config's), 'random'
-    last."""
-    present = list(dict.fromkeys(methods))
-    scored = [m for m in present if m not in (FULL_METHOD, RANDOM)]
-    return [m for m in present if m == FULL_METHOD] + scored + [m for m in present if m == RANDOM]
-
-
-def module_order(modules: Iterable[str]) -> list[str]:
-    """Canonical module order (q, k, v, out, fc1, fc2), only those present; unknown ones after."""
-    present = list(dict.fromkeys(modules))
-    known = [m for m in MODULES if m in present]
-    return known + sorted(m for m in present if m not in MODULES)
-
-
-def format_retention(r: float) -> str:
-    """0.5 -> '50%', 0.01 -> '1%', 0.005 -> '0.5%'."""
-    return f"{float(r) * 100:.4g}%"
-
-
-def _interval(mean: float, low: float, high: float, digits: int = 3) -> str:
-    if pd.isna(low):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _p(p: float) -> str:
-    if pd.isna(p):
-        return "n/a"
-    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
-
-
-# ----------------------------------------------------------------------------- per-seed tables
 
 
 def accuracy_table(
@@ -358,14 +322,6 @@ def focus_tests(pooled: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-# ----------------------------------------------------------------------------- markdown
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
-
-
 def _summary_row(summary: pd.DataFrame, selection: str, method: str, scope: str, r: float):
     rows = rows_of(summary, selection, method, scope, r)
     return rows.iloc[0] if len(rows) else None
@@ -373,7 +329,7 @@ def _summary_row(summary: pd.DataFrame, selection: str, method: str, scope: str,
 
 def _cell(summary, selection, method, scope, r) -> str:
     row = _summary_row(summary, selection, method, scope, r)
-    return "–" if row is None else _interval(row.value_mean, row.ci_low, row.ci_high)
+    return "–" if row is None else format_interval(row.value_mean, row.ci_low, row.ci_high)
 
 
 def _model_lines(summary: pd.DataFrame, accuracy: pd.DataFrame, chance: float) -> list[str]:
@@ -404,12 +360,12 @@ def _model_lines(summary: pd.DataFrame, accuracy: pd.DataFrame, chance: float) -
             "",
         ]
     lines += ["## The full model and its baselines", ""]
-    rows = [["full model", _interval(full.value_mean, full.ci_low, full.ci_high)]]
+    rows = [["full model", format_interval(full.value_mean, full.ci_low, full.ci_high)]]
     for name, b, _ in comparisons:
         label = "majority class" if name == "majority" else "composition (residues + length)"
-        rows.append([f"{label} baseline", _interval(b.value_mean, b.ci_low, b.ci_high)])
+        rows.append([f"{label} baseline", format_interval(b.value_mean, b.ci_low, b.ci_high)])
     rows.append(["chance (1 / classes)", f"{chance:.3f}"])
-    lines += _md_table(["model", f"{_label(summary)}, mean [95% CI over seeds]"], rows)
+    lines += md_table(["model", f"{_label(summary)}, mean [95% CI over seeds]"], rows)
     per_seed = accuracy[accuracy["selection"] == "full"].sort_values("seed")
     text = "; ".join(
         f"seed {s}: {a:.3f} [{lo:.3f}, {hi:.3f}]"
@@ -442,7 +398,7 @@ def _accuracy_lines(summary: pd.DataFrame, tests: pd.DataFrame, n_draws: dict) -
             ]
         )
     rows.append([RANDOM, *(_cell(summary, "random", RANDOM, GLOBAL, r) for r in ratios)])
-    lines += _md_table(["selection", *(format_retention(r) for r in ratios)], rows)
+    lines += md_table(["selection", *(format_retention(r) for r in ratios)], rows)
     if tests.empty:
         return lines
     lines += [
@@ -464,12 +420,12 @@ def _accuracy_lines(summary: pd.DataFrame, tests: pd.DataFrame, n_draws: dict) -
             [
                 t.comparison,
                 format_retention(t.retention),
-                _interval(t.mean_difference, t.ci_low, t.ci_high),
-                _p(t.p_holm),
+                format_interval(t.mean_difference, t.ci_low, t.ci_high),
+                format_p(t.p_holm),
                 f"{verdict} ({direction})" if t.significant else "no",
             ]
         )
-    lines += _md_table(["comparison", "ratio", "difference", "Holm p", "significant"], rows)
+    lines += md_table(["comparison", "ratio", "difference", "Holm p", "significant"], rows)
     return lines
 
 
@@ -502,11 +458,11 @@ def _module_lines(summary: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
                 if not t.empty:
                     t = t.iloc[0]
                     star = " *" if t.significant else ""
-                    cell += f"; {t.mean_difference:+.3f}, p {_p(t.p_holm)}{star}"
+                    cell += f"; {t.mean_difference:+.3f}, p {format_p(t.p_holm)}{star}"
                 row.append(cell)
             row.append(_cell(summary, "random", RANDOM, module, r))
             rows.append(row)
-    lines += _md_table(["module", "ratio", *methods, RANDOM], rows)
+    lines += md_table(["module", "ratio", *methods, RANDOM], rows)
     lines += ["\\* Holm p < 0.05.", ""]
     return lines
 
@@ -536,9 +492,10 @@ def _enrichment_lines(enrichment: pd.DataFrame, focus: pd.DataFrame, granularity
         k = k_rows.iloc[0] if not k_rows.empty else None
         k_txt = share = k_effective = "n/a"
         if k is not None:
-            k_txt = f"{_interval(k.enrichment_mean, k.ci_low, k.ci_high, 2)}, p {_p(k.p_holm)}"
+            k_interval = format_interval(k.enrichment_mean, k.ci_low, k.ci_high, 2)
+            k_txt = f"{k_interval}, p {format_p(k.p_holm)}"
             share = f"{k.effective_fraction:.2f}"
-            k_effective = _interval(
+            k_effective = format_interval(
                 k.effective_enrichment_mean, k.effective_ci_low, k.effective_ci_high, 2
             )
         f = focus[(focus["method"] == method) & np.isclose(focus["retention"], r)]
@@ -548,9 +505,9 @@ def _enrichment_lines(enrichment: pd.DataFrame, focus: pd.DataFrame, granularity
             if f.highest != FOCUS_MODULE:
                 verdict = f"no ({f.highest} highest)"
             elif f.p_holm < ALPHA:
-                verdict = f"yes (above {f.runner_up}, Holm p {_p(f.p_holm)})"
+                verdict = f"yes (above {f.runner_up}, Holm p {format_p(f.p_holm)})"
             else:
-                verdict = f"not shown (highest; vs {f.runner_up} Holm p {_p(f.p_holm)})"
+                verdict = f"not shown (highest; vs {f.runner_up} Holm p {format_p(f.p_holm)})"
         if bool(g["near_chance"].iloc[0]):
             verdict += "; pruned model near chance: not evidence of use"
         rows.append(
@@ -564,7 +521,7 @@ def _enrichment_lines(enrichment: pd.DataFrame, focus: pd.DataFrame, granularity
                 verdict,
             ]
         )
-    lines += _md_table(
+    lines += md_table(
         [
             "method",
             "ratio",
@@ -611,7 +568,7 @@ def _effective_lines(summary: pd.DataFrame) -> list[str]:
         "Share of all kept units that can affect the output (mean over seeds; random: over "
         "its draws too):",
         "",
-        *_md_table(["selection", *(format_retention(r) for r in ratios)], rows),
+        *md_table(["selection", *(format_retention(r) for r in ratios)], rows),
     ]
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kneurons.methods.base import ScoringInputs, ScoringMethod
+from kneurons.attribution.methods.base import ScoringInputs, ScoringMethod
 
 if TYPE_CHECKING:
-    from kneurons.methods.base import Scores
+    from kneurons.attribution.methods.base import Scores
 
 
 def score(model, inputs: ScoringInputs) -> Scores:
     """Activation magnitude of every unit, averaged over the scoring sequences."""
-    from kneurons.scoring import activation_scores  # lazy: see methods.base
+    from kneurons.attribution.engine import activation_scores
 
     return activation_scores(
         model,

@@ -1,51 +1,37 @@
-"""Figures for the pruning experiment, each written atomically as PNG and PDF.
-
-Figures are built with `matplotlib.figure.Figure` directly (Agg canvas for PNG, PDF backend for
-PDF), so nothing here touches pyplot's global state or needs a display.
-
-`style` keys (all optional): dpi (150), font_size (10), cmap ("viridis", for density),
-diverging_cmap ("RdBu_r", for enrichment), figure_width (inches, 10).
-"""
+"""reporting.plots (moved from kneurons.plots)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
-from matplotlib.colors import Colormap, LogNorm, Normalize
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from kneurons.io import atomic_path, read_json
-from kneurons.report import (
+from kneurons.io import read_json
+from kneurons.reporting.format import format_retention, method_order, module_order
+from kneurons.reporting.pruning import (
     FOCUS_MODULE,
     FULL_METHOD,
     GLOBAL,
     METRIC_LABELS,
     RANDOM,
-    format_retention,
-    method_order,
-    module_order,
     rows_of,
 )
-
-PathLike = str | os.PathLike
-
-DEFAULT_STYLE = {
-    "dpi": 150,
-    "font_size": 10,
-    "cmap": "viridis",
-    "diverging_cmap": "RdBu_r",
-    "figure_width": 10.0,
-}
-# Methods bring their own colours (kneurons.methods, passed in as style["method_colors"]).
-_EXTRA_COLORS = ["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+from kneurons.reporting.style import (
+    ColourScale,
+    PathLike,
+    annotate_cells,
+    merged_style,
+    method_colors,
+    rc_params,
+    save_figure,
+)
 
 OUTPUT_NAMES = {
     "accuracy": "accuracy_vs_retention",
@@ -54,52 +40,9 @@ OUTPUT_NAMES = {
     "modules": "module_enrichment",
     "pruning": "module_pruning",
 }
+
+
 INTERVAL = "95% t-interval over seeds"
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _style(style: dict | None) -> dict:
-    out = dict(DEFAULT_STYLE)
-    out.update({k: v for k, v in (style or {}).items() if v is not None})
-    out["dpi"] = int(out["dpi"])
-    out["font_size"] = float(out["font_size"])
-    out["figure_width"] = float(out["figure_width"])
-    # what was scored and kept: output units (neurons) or, at weight granularity, weights
-    out["scored"] = "weights" if out.get("granularity") == "weight" else "neurons"
-    return out
-
-
-def _rc(st: dict) -> dict:
-    fs = st["font_size"]
-    return {
-        "font.size": fs,
-        "axes.titlesize": fs,
-        "axes.labelsize": fs,
-        "xtick.labelsize": fs * 0.9,
-        "ytick.labelsize": fs * 0.9,
-        "legend.fontsize": fs * 0.9,
-        "figure.titlesize": fs * 1.2,
-        "pdf.fonttype": 42,
-    }
-
-
-def _colors(methods: Iterable[str], given: dict | None = None) -> dict[str, str]:
-    """Each method's registered colour (`given`), else the next of a fixed palette."""
-    given = {FULL_METHOD: "black", **(given or {})}
-    colors, extra = {}, iter(_EXTRA_COLORS * 4)
-    for m in methods:
-        colors[m] = given.get(m) or next(extra)
-    return colors
-
-
-def _save(fig: Figure, out_png: PathLike, out_pdf: PathLike, dpi: int) -> list[Path]:
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    with atomic_path(out_pdf) as tmp:
-        fig.savefig(tmp, format="pdf")
-    return [Path(out_png), Path(out_pdf)]
 
 
 def _pruned_methods(df: pd.DataFrame) -> list[str]:
@@ -134,9 +77,6 @@ def _mean_with_interval(ax, rows: pd.DataFrame, color: str, label: str, **line) 
         label=label,
         **line,
     )
-
-
-# ----------------------------------------------------------------------------- accuracy
 
 
 def _method_curves(ax, summary, accuracy, methods: list[str], colors: dict) -> None:
@@ -215,12 +155,14 @@ def plot_accuracy_vs_retention(
 ) -> list[Path]:
     """Test accuracy vs retention ratio: per-seed points, means with 95% t-intervals over
     seeds, random (band), matched random (dashed) and the baselines."""
-    st = _style(style)
-    with mpl.rc_context(_rc(st)):
+    st = merged_style(style)
+    with mpl.rc_context(rc_params(st)):
         fig = Figure(figsize=(st["figure_width"], st["figure_width"] * 0.55), layout="constrained")
         ax = fig.add_subplot()
         methods = method_order(summary.loc[summary["selection"] == "scored", "method"])
-        _method_curves(ax, summary, accuracy, methods, _colors(methods, st.get("method_colors")))
+        _method_curves(
+            ax, summary, accuracy, methods, method_colors(methods, st.get("method_colors"))
+        )
         _random_band(ax, summary)
         _reference_lines(ax, summary, chance)
         ratios = summary.loc[summary["scope"] == GLOBAL, "retention"].dropna().astype(float)
@@ -228,7 +170,7 @@ def plot_accuracy_vs_retention(
         fig.legend(
             loc="outside right upper", frameon=False, title=f"points: seeds\nbars: {INTERVAL}"
         )
-        return _save(fig, out_png, out_pdf, st["dpi"])
+        return save_figure(fig, out_png, out_pdf, st["dpi"])
 
 
 def plot_module_pruning(
@@ -238,14 +180,14 @@ def plot_module_pruning(
     style: dict | None = None,
 ) -> list[Path]:
     """One panel per module type pruned alone: accuracy vs ratio per method and random."""
-    st = _style(style)
+    st = merged_style(style)
     within = summary[(summary["scope"] != GLOBAL) & summary["selection"].isin(["scored", "random"])]
     mods = module_order(within["scope"])
     methods = method_order(within.loc[within["selection"] == "scored", "method"])
-    colors = {**_colors(methods, st.get("method_colors")), RANDOM: "0.45"}
+    colors = {**method_colors(methods, st.get("method_colors")), RANDOM: "0.45"}
     n_cols = min(3, max(1, len(mods)))
     n_rows = max(1, int(np.ceil(len(mods) / n_cols)))
-    with mpl.rc_context(_rc(st)):
+    with mpl.rc_context(rc_params(st)):
         fig = Figure(figsize=(st["figure_width"], 2.8 * n_rows + 0.8), layout="constrained")
         axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
         for ax in axes[len(mods) :]:
@@ -277,10 +219,7 @@ def plot_module_pruning(
             f"Within-module pruning: keep the top-r {st['scored']} of one module type, "
             f"the rest intact\n(mean, {INTERVAL}; dashed: full model)"
         )
-        return _save(fig, out_png, out_pdf, st["dpi"])
-
-
-# ----------------------------------------------------------------------------- heatmaps
+        return save_figure(fig, out_png, out_pdf, st["dpi"])
 
 
 def _cell_means(density: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -290,19 +229,10 @@ def _cell_means(density: pd.DataFrame, value: str) -> pd.DataFrame:
     return density.groupby(keys, as_index=False, sort=False)[value].mean()
 
 
-class _ColourScale(NamedTuple):
-    """How heatmap values become colours, and how the colour bar and cells are labelled."""
-
-    norm: Normalize
-    cmap: Colormap
-    label: str
-    fmt: str
-
-
-def _heatmap_scale(vals: np.ndarray, value: str, st: dict) -> _ColourScale:
+def _heatmap_scale(vals: np.ndarray, value: str, st: dict) -> ColourScale:
     """Shared colour scale: density linear from 0; enrichment log, symmetric about 1, >= 0.5..2."""
     if value == "density":
-        return _ColourScale(
+        return ColourScale(
             Normalize(vmin=0.0, vmax=max(float(np.nanmax(vals)), 1e-9)),
             mpl.colormaps[st["cmap"]],
             f"fraction of {st['scored']} kept",
@@ -314,7 +244,7 @@ def _heatmap_scale(vals: np.ndarray, value: str, st: dict) -> _ColourScale:
         1.0 / float(pos.min()) if pos.size else 2.0,
         2.0,
     )
-    return _ColourScale(
+    return ColourScale(
         LogNorm(vmin=1.0 / span, vmax=span),
         mpl.colormaps[st["diverging_cmap"]].copy(),
         "enrichment = fraction kept / r (log scale; 1 = no preference)",
@@ -334,29 +264,10 @@ def _panel_grid(
     )
 
 
-def _annotate_cells(ax, grid: np.ndarray, scale: _ColourScale, font_size: float) -> None:
-    """Print each finite cell value, white on dark colours and black on light ones."""
-    norm, cmap = scale.norm, scale.cmap
-    for (yy, xx), v in np.ndenumerate(grid):
-        if not np.isfinite(v):
-            continue
-        rgba = cmap(norm(np.clip(v, norm.vmin, norm.vmax)))
-        lum = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
-        ax.text(
-            xx,
-            yy,
-            "0" if v == 0 else scale.fmt.format(v),
-            ha="center",
-            va="center",
-            fontsize=font_size * 0.6,
-            color="white" if lum < 0.5 else "black",
-        )
-
-
 def _heatmap_panel(
     ax,
     grid: np.ndarray,
-    scale: _ColourScale,
+    scale: ColourScale,
     clip: bool,
     annotate: bool,
     font_size: float,
@@ -373,7 +284,7 @@ def _heatmap_panel(
         interpolation="nearest",
     )
     if annotate:
-        _annotate_cells(ax, grid, scale, font_size)
+        annotate_cells(ax, grid, scale, font_size)
     return im
 
 
@@ -389,7 +300,7 @@ def _label_panel(ax, title: str, mods: list[str], layers: list, first_col: bool)
     ax.tick_params(length=2)
 
 
-def _heatmap_colorbar(fig: Figure, im: AxesImage, axes, scale: _ColourScale, value: str) -> None:
+def _heatmap_colorbar(fig: Figure, im: AxesImage, axes, scale: ColourScale, value: str) -> None:
     """One colour bar for all panels; enrichment gets ticks at round ratios around 1."""
     cbar = fig.colorbar(im, ax=axes, shrink=0.9, pad=0.01, aspect=30)
     cbar.set_label(scale.label)
@@ -416,7 +327,7 @@ def plot_layer_heatmaps(
     """
     if value not in ("density", "enrichment"):
         raise ValueError(f"value must be 'density' or 'enrichment', not {value!r}")
-    st = _style(style)
+    st = merged_style(style)
     means = _cell_means(density, value)
     methods = _pruned_methods(means)
     rets = sorted(means["retention"].unique(), reverse=True)
@@ -430,7 +341,7 @@ def plot_layer_heatmaps(
     n_lay = len(layers)
     # taller panels when cell values are printed, so the text fits
     panel_h = max(1.6, 0.22 * n_lay + 0.9) if annotate else min(4.0, 0.08 * n_lay + 1.4)
-    with mpl.rc_context(_rc(st)):
+    with mpl.rc_context(rc_params(st)):
         fig = Figure(
             figsize=(st["figure_width"], panel_h * n_rows + 0.8),
             layout="constrained",
@@ -450,7 +361,7 @@ def plot_layer_heatmaps(
         else:
             title = f"Fraction of {st['scored']} kept per layer and module type"
         fig.suptitle(f"{title}; mean over {n_seeds} seed{'s' if n_seeds != 1 else ''}")
-        return _save(fig, out_png, out_pdf, st["dpi"])
+        return save_figure(fig, out_png, out_pdf, st["dpi"])
 
 
 def plot_density_heatmaps(
@@ -466,9 +377,6 @@ def plot_enrichment_heatmaps(
     """Layer x module heatmaps coloured by enrichment (kept share / overall kept share), log
     scale centred at 1."""
     return plot_layer_heatmaps(density, out_png, out_pdf, style, value="enrichment")
-
-
-# ----------------------------------------------------------------------------- module bars
 
 
 def _error_bars(s: pd.DataFrame, mean: np.ndarray) -> np.ndarray:
@@ -539,15 +447,15 @@ def plot_module_enrichment(
 ) -> list[Path]:
     """Grouped bars of module-type enrichment (`report.enrichment_table`): one panel per
     retention ratio; error bars: 95% t-interval over seeds; *: Holm p < 0.05 vs random."""
-    st = _style(style)
+    st = merged_style(style)
     methods = _pruned_methods(enrichment)
-    colors = _colors(methods, st.get("method_colors"))
+    colors = method_colors(methods, st.get("method_colors"))
     rets = sorted(enrichment["retention"].unique(), reverse=True)
     mods = module_order(enrichment["module"])
     n_seeds = int(enrichment["n_seeds"].min()) if len(enrichment) else 0
     n_cols = min(2, len(rets))
     n_rows = int(np.ceil(len(rets) / n_cols))
-    with mpl.rc_context(_rc(st)):
+    with mpl.rc_context(rc_params(st)):
         fig = Figure(
             figsize=(st["figure_width"], 2.9 * n_rows + 0.7),
             layout="constrained",
@@ -567,10 +475,7 @@ def plot_module_enrichment(
             f"Enrichment of kept {st['scored']} by module type, pooled over layers\n"
             f"(mean over {n_seeds} seeds, {INTERVAL}; *: Holm p < 0.05 vs random)"
         )
-        return _save(fig, out_png, out_pdf, st["dpi"])
-
-
-# ----------------------------------------------------------------------------- all
+        return save_figure(fig, out_png, out_pdf, st["dpi"])
 
 
 def make_all_plots(tables, out_dir: PathLike, style: dict | None = None) -> list[Path]:

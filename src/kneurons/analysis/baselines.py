@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from kneurons.data import SPLITS, STANDARD_RESIDUES, DataError
+from kneurons.data.tables import SPLITS, STANDARD_RESIDUES, DataError
 
 # Small grid of inverse regularisation strengths; chosen by validation accuracy.
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kneurons.units import MODULES
+from kneurons.model.units import MODULES
 
 NORMALIZE = ("none", "mean")
 

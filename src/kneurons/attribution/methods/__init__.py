@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from kneurons.methods.base import ScoringInputs, ScoringMethod
+from kneurons.attribution.methods.base import ScoringInputs, ScoringMethod
 
 __all__ = ["REGISTRY", "ScoringInputs", "ScoringMethod", "get"]
 

@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kneurons import selection, stats, train
-from kneurons.model import EnzymeClassifier, esm_config
+from kneurons.analysis import selection, stats
+from kneurons.model import train
+from kneurons.model.esm import EnzymeClassifier, esm_config
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Stage 3, attribution: scoring every unit (the engines and methods/)."""

@@ -1,0 +1,1 @@
+"""Stage 1, data: sequences, labels, motifs, splits."""

@@ -1,0 +1,1 @@
+"""Stage 2, model: ESM-2 backbones, the classifier, fine-tuning."""

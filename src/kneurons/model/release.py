@@ -1,0 +1,79 @@
+"""model.release (moved from kneurons.download)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+from kneurons.data.http import MIN_RATE, DownloadError, download_file, session_for
+from kneurons.io import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+ESM_BASE_URL = "https://dl.fbaipublicfiles.com/fair-esm"
+
+
+ESM_URL = ESM_BASE_URL + "/models/{name}.pt"
+
+
+ESM_REGRESSION_URL = ESM_BASE_URL + "/regression/{name}-contact-regression.pt"
+
+
+def _checkpoint_verifier(required: tuple[str, ...]) -> Callable[[Path], None]:
+    def verify(path: Path) -> None:
+        data = load_checkpoint(path)
+        if not isinstance(data, dict):
+            raise ValueError(f"checkpoint is a {type(data).__name__}, not a dict")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ValueError(f"checkpoint lacks keys {missing}; has {sorted(map(str, data))}")
+        if not isinstance(data["model"], dict):
+            raise ValueError("checkpoint['model'] is not a state dict")
+
+    return verify
+
+
+def fetch_esm_checkpoint(
+    name: str,
+    dest_dir: str | os.PathLike,
+    *,
+    base_url: str | None = None,
+    force: bool = False,
+    timeout: float | tuple[float, float] = 60,
+    retries: int = 5,
+    backoff: float = 1.0,
+    min_rate: float = MIN_RATE,
+    session: requests.Session | None = None,
+) -> tuple[Path, Path]:
+    """Download fair-esm model `name` and its contact regression into `dest_dir`.
+
+    Files are `{name}.pt` and `{name}-contact-regression.pt` (the layout that
+    esm.pretrained.load_model_and_alphabet_local expects). Each is verified by a weights_only
+    load (keys model+cfg / model) before it is renamed into place. Existing files that verify
+    are kept unless `force`. `base_url` replaces https://dl.fbaipublicfiles.com/fair-esm.
+    Downloads as `download_file`. Returns (model_path, regression_path).
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise DownloadError(f"fair-esm checkpoint name {name!r} is not a plain model name")
+    base = ESM_BASE_URL if base_url is None else base_url.rstrip("/")
+    model, regression = f"models/{name}.pt", f"regression/{name}-contact-regression.pt"
+    files = {model: ("model", "cfg"), regression: ("model",)}
+    dests = [Path(dest_dir) / Path(path).name for path in files]
+    kw = {"timeout": timeout, "retries": retries, "backoff": backoff, "min_rate": min_rate}
+    with session_for(session) as session:
+        for (path, required), dest in zip(files.items(), dests, strict=True):
+            url, verify = f"{base}/{path}", _checkpoint_verifier(required)
+            if dest.exists() and not force:
+                try:
+                    verify(dest)
+                    log.info("%s already present and valid; not downloading", dest)
+                    continue
+                except Exception as exc:
+                    log.warning("%s exists but is invalid (%s); downloading again", dest, exc)
+            download_file(url, dest, verify=verify, session=session, **kw)
+    return dests[0], dests[1]

@@ -1,0 +1,1 @@
+"""Stage 5, reporting: tables, summaries and figures over seeds."""

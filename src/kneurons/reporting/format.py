@@ -1,0 +1,49 @@
+"""reporting.format (moved from kneurons.report)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+
+from kneurons.model.units import MODULES
+
+FULL_METHOD = "full"
+RANDOM = "random"
+
+
+def method_order(methods: Iterable[str]) -> list[str]:
+    """'full' first, the scored methods in order of first appearance (the config's), 'random'
+    last."""
+    present = list(dict.fromkeys(methods))
+    scored = [m for m in present if m not in (FULL_METHOD, RANDOM)]
+    return [m for m in present if m == FULL_METHOD] + scored + [m for m in present if m == RANDOM]
+
+
+def module_order(modules: Iterable[str]) -> list[str]:
+    """Canonical module order (q, k, v, out, fc1, fc2), only those present; unknown ones after."""
+    present = list(dict.fromkeys(modules))
+    known = [m for m in MODULES if m in present]
+    return known + sorted(m for m in present if m not in MODULES)
+
+
+def format_retention(r: float) -> str:
+    """0.5 -> '50%', 0.01 -> '1%', 0.005 -> '0.5%'."""
+    return f"{float(r) * 100:.4g}%"
+
+
+def format_interval(mean: float, low: float, high: float, digits: int = 3) -> str:
+    if pd.isna(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def format_p(p: float) -> str:
+    if pd.isna(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
