@@ -20,4 +20,6 @@ include: "workflow/rules/knowledge.smk"
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        rules.aggregate.output,
+        rules.plots.output,
+        rules.knowledge_summary.output if KNOWLEDGE else [],

@@ -157,14 +157,15 @@ def test_identity_summary():
 
 
 def run_split(tmp_path, table: pd.DataFrame, method: str) -> tuple[pd.DataFrame, dict]:
-    """workflow.split as the rule runs it, outside Snakemake."""
+    """The split step as the rule runs it, outside Snakemake."""
     path = tmp_path / "sequences.tsv"
     write_tsv(table, path)
     out = SimpleNamespace(
         split=tmp_path / method / "split.tsv", report=tmp_path / method / "r.json"
     )
     params = {"method": method, "seed": 0, "identity": 0.3, "coverage": 0.8, **FRACTIONS}
-    workflow.split(SimpleNamespace(table=str(path)), out, params, {})
+    params["identity_report"] = True
+    workflow.call("split", SimpleNamespace(table=str(path)), out, params)
     return tables.read_labelled(out.split), json.loads(out.report.read_text())
 
 
@@ -247,10 +248,10 @@ def test_download_caps_a_user_table(tmp_path, table):
         "min_length": 50,
         "max_length": 1000,
         "nonstandard": "drop",
-        "table": {**columns, "per_class": 5, "seed": 0},
+        "table": {**columns, "motif_column": "", "sha256": "-", "per_class": 5, "seed": 0},
     }
     out = SimpleNamespace(table=tmp_path / "sequences.tsv", info=tmp_path / "download.json")
-    workflow.download(SimpleNamespace(table=str(path)), out, params, {})
+    workflow.call("download", SimpleNamespace(table=str(path)), out, params)
     kept = tables.read_labelled(out.table)
     info = json.loads(out.info.read_text())
     assert kept["ec_class"].value_counts().to_dict() == {1: 5, 2: 5, 3: 5}

@@ -349,15 +349,15 @@ def test_download_step_keeps_a_tables_motif_column(tmp_path):
         "min_length": 50,
         "max_length": 1000,
         "nonstandard": "drop",
-        "table": {**columns, "motif_column": "sites", "per_class": 0, "seed": 0},
+        "table": {**columns, "motif_column": "sites", "sha256": "-", "per_class": 0, "seed": 0},
     }
     out = SimpleNamespace(table=tmp_path / "sequences.tsv", info=tmp_path / "download.json")
-    workflow.download(SimpleNamespace(table=str(path)), out, params, {})
+    workflow.call("download", SimpleNamespace(table=str(path)), out, params)
     kept = read_labelled(out.table)
     assert kept["motifs"].tolist() == [f"act_site:{i}:{i + 1}:feature;m:0:3:true" for i in range(4)]
     _write(path, text.replace("act_site:3:4:feature", "act_site:3:99:feature"))
     with pytest.raises(DataError) as err:
-        workflow.download(SimpleNamespace(table=str(path)), out, params, {})
+        workflow.call("download", SimpleNamespace(table=str(path)), out, params)
     assert str(err.value) == (
         f"{path}: row 4 (id A22): motif entry 'act_site:3:99:feature' ends at 99, "
         "beyond the sequence (length 63)"

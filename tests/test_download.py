@@ -470,7 +470,7 @@ def test_uniprot_features_count_in_dropped_and_off_leaves_motifs_empty(tmp_path)
                 table=tmp_path / f"{features}.tsv", info=tmp_path / f"{features}.json"
             )
             settings = {**params, "uniprot": {**uniprot, "features": features}}
-            workflow.download(argparse.Namespace(), out, settings, {})
+            workflow.call("download", argparse.Namespace(), out, settings)
             results[features] = (tables.read_labelled(out.table), json.loads(out.info.read_text()))
     table, info = results[False]
     assert (table["motifs"] == "").all() and len(table) == 4

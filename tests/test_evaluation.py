@@ -12,9 +12,18 @@ from kneurons.analysis.selection import select
 from kneurons.attribution.engine import scores_frame
 from kneurons.model import train
 from kneurons.model.esm import linear
+from kneurons.settings import SweepSettings
 
-SETTINGS = evaluation.SweepSettings(
-    ratios=(0.5, 0.1), random_draws=3, control_draws=2, module_ratios=(0.25,), bootstrap=200
+SETTINGS = SweepSettings(
+    retention_ratios=(0.5, 0.1),
+    random_draws=3,
+    control_draws=2,
+    module_ratios=(0.25,),
+    normalize="none",
+    bootstrap=200,
+    batch_size=64,
+    device="cpu",
+    methods=("ig", "activation"),
 )
 MODULES = ("q_proj", "k_proj", "fc1")
 

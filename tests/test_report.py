@@ -12,6 +12,7 @@ from scipy import stats as sps
 
 from kneurons.analysis.evaluation import KEPT_COLUMNS, RESULT_COLUMNS
 from kneurons.reporting import plots, pruning
+from kneurons.reporting.format import PRUNING_FIGURES
 
 SEEDS = (0, 1, 2, 3, 4)
 RATIOS = (0.5, 0.1)
@@ -272,7 +273,7 @@ def test_plots_are_written(written, tmp_path):
         finetune = inputs[0]
 
     paths = plots.make_all_plots(Tables, tmp_path / "plots", {"dpi": 40})
-    assert len(paths) == 2 * len(plots.OUTPUT_NAMES)
+    assert len(paths) == 2 * len(PRUNING_FIGURES)
     assert all(p.stat().st_size > 1000 for p in paths)
 
 

@@ -13,6 +13,7 @@ from kneurons.model.train import (
     resolve_precision,
     token_budget_batches,
 )
+from kneurons.settings import FinetuneSettings
 
 LENGTHS = [12, 3, 40, 7, 7, 25, 9, 130, 18, 4, 7, 60, 33, 5, 21]
 
@@ -135,18 +136,21 @@ def test_finetune_with_every_option(tmp_path):
     _, classes, metrics = finetune(
         str(tmp_path / "esm2_tiny.pt"),
         split,
+        FinetuneSettings(
+            epochs=1,
+            lr=1e-3,
+            head_lr=1e-3,
+            weight_decay=0.01,
+            batch_size=4,
+            max_length=80,
+            device="cpu",
+            class_weights="balanced",
+            max_tokens=250,
+            precision="bf16",
+            train_layers=1,
+        ),
         seed=0,
-        epochs=1,
-        lr=1e-3,
-        head_lr=1e-3,
-        weight_decay=0.01,
-        batch_size=4,
-        max_length=80,
         device=torch.device("cpu"),
-        class_weights_mode="balanced",
-        max_tokens=250,
-        precision="bf16",
-        train_layers=1,
     )
     training = metrics["training"]
     assert training["precision"] == "bf16" and training["train_layers"] == 1

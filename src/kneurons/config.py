@@ -12,7 +12,9 @@ keys sorted recursively, and numbers typed by the schema (`30` and `30.0` are on
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from kneurons.errors import UserError
 
@@ -80,3 +82,103 @@ def check_schema(config: Mapping, schema: Mapping) -> None:
     if error is not None:
         key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
         raise ConfigError(f"config key '{key}': {' '.join(error.message.split())}")
+
+
+def config_error(key: str, problem: str) -> ConfigError:
+    return ConfigError(f"config key '{key}': {problem}")
+
+
+def model_kind(name: str) -> str:
+    """What `model.name` names: tiny, a fair-esm release, a .pt checkpoint or (anything else)
+    a Hugging Face ESM-2 directory."""
+    from kneurons.model.release import RELEASE_NAME_PATTERN
+
+    if name == "tiny":
+        return "tiny"
+    if name.endswith(".pt"):
+        return "checkpoint"
+    if re.fullmatch(RELEASE_NAME_PATTERN, name):
+        return "release"
+    return "hf"
+
+
+def check_config(config: Mapping, methods: Mapping) -> None:
+    """The checks across keys that a schema cannot express; ConfigError naming the key.
+    `methods`: the scoring-method registry (name -> ScoringMethod)."""
+    fractions = config["split"]
+    total = fractions["train"] + fractions["validation"] + fractions["test"]
+    if abs(total - 1) > 1e-6:
+        raise config_error("split", f"train + validation + test must be 1, got {total:g}")
+    data = config["data"]
+    if data["min_length"] > data["max_length"]:
+        raise config_error("data.min_length", "is larger than data.max_length")
+    synthetic = data["synthetic"]
+    if synthetic["min_length"] > synthetic["max_length"]:
+        raise config_error("data.synthetic.min_length", "is larger than data.synthetic.max_length")
+    if data["source"] == "table":
+        path = data["table"]["path"]
+        if not path:
+            raise config_error("data.table.path", "is empty but data.source is 'table'")
+        if not Path(path).is_file():
+            raise config_error("data.table.path", f"{path} does not exist")
+    tiny = config["model"]["tiny"]
+    if tiny["embed_dim"] % tiny["attention_heads"]:
+        raise config_error(
+            "model.tiny.embed_dim", "must be divisible by model.tiny.attention_heads"
+        )
+    _check_model(config["model"])
+    knowledge = config["knowledge"]
+    method = methods.get(knowledge["method"])
+    if knowledge["enabled"] and method is not None and not method.per_sequence:
+        raise config_error(
+            "knowledge.method",
+            f"{method.name} gives no per-sequence attributions; use one of "
+            + ", ".join(m.name for m in methods.values() if m.per_sequence),
+        )
+
+
+def _check_model(model: Mapping) -> None:
+    name = model["name"]
+    kind = model_kind(name)
+    if kind == "checkpoint":
+        if not Path(name).is_file():
+            raise config_error("model.name", f"{name} does not exist")
+        if not Path(name).name.startswith("esm2"):
+            raise config_error(
+                "model.name", f"{name}: an ESM-2 checkpoint file name starts with 'esm2'"
+            )
+        if "num_layers" not in model:
+            raise config_error(
+                "model.num_layers", "is required when model.name is a checkpoint path"
+            )
+    elif kind == "hf":
+        from kneurons.model.hf_checkpoint import HFCheckpointError, read_hf_config, weight_files
+
+        if not Path(name).is_dir():
+            raise config_error(
+                "model.name",
+                f"{name} is not tiny, a fair-esm ESM-2 release name (esm2_t6_8M_UR50D, ...), "
+                "a .pt checkpoint or a Hugging Face ESM-2 directory",
+            )
+        if not Path(name, "config.json").is_file():
+            raise config_error(
+                "model.name",
+                f"{name} has no config.json (a Hugging Face ESM-2 directory holds "
+                "config.json and model.safetensors or pytorch_model.bin)",
+            )
+        try:
+            read_hf_config(name)
+            weight_files(name)
+        except HFCheckpointError as err:
+            raise config_error("model.name", str(err)) from None
+
+
+def knowledge_enabled(config: Mapping, methods: Mapping) -> bool:
+    """The knowledge analysis runs when asked, its method is scored, per unit."""
+    knowledge = config["knowledge"]
+    return (
+        knowledge["enabled"]
+        and knowledge["method"] in config["scoring"]["methods"]
+        and methods[knowledge["method"]].per_sequence
+        and config["scoring"]["granularity"] == "unit"
+    )

@@ -13,7 +13,7 @@ rule download:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=settings(download_params(), code=download_code()),
+        settings=download_params(),
     script:
         "../scripts/download.py"
 
@@ -29,12 +29,12 @@ rule split:
         "results/logs/split/{split}.log",
     benchmark:
         "results/benchmarks/split/{split}.tsv"
-    wildcard_constraints:
-        split=r"seed\d+|shared",
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=split_settings,
+        settings=lambda wildcards: params(
+            step_settings.split_params(config, wildcards.split), "data.split"
+        ),
     script:
         "../scripts/split.py"
 
@@ -49,14 +49,12 @@ rule baselines:
         "results/logs/baselines/{split}.log",
     benchmark:
         "results/benchmarks/baselines/{split}.tsv"
-    wildcard_constraints:
-        split=r"seed\d+|shared",
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=settings(
-            bootstrap=config["sweep"]["bootstrap"],
-            code=code_version("analysis.baselines", "analysis.stats"),
+        settings=params(
+            step_settings.settings(step_settings.BaselinesSettings, config["sweep"]),
+            "analysis.baselines",
         ),
     script:
         "../scripts/baselines.py"

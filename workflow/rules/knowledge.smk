@@ -1,4 +1,4 @@
-# What the knowledge neurons know: per class, from IG's per-sequence attributions.
+# What the knowledge neurons know: per class, from knowledge.method's per-sequence values.
 rule knowledge:
     input:
         unpack(knowledge_inputs),
@@ -16,11 +16,7 @@ rule knowledge:
     resources:
         gpu=1 if config["knowledge"]["device"].startswith("cuda") else 0,
     params:
-        settings=settings(
-            config["knowledge"],
-            max_sequences=config["scoring"]["max_sequences"],
-            code=code_version("analysis.knowledge"),
-        ),
+        settings=params(step_settings.knowledge_params(config), "analysis.knowledge"),
     script:
         "../scripts/knowledge.py"
 
@@ -67,8 +63,11 @@ rule knowledge_summary:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=settings(
-            config["plots"], seeds=SEEDS, code=code_version("reporting.knowledge")
+        settings=params(
+            step_settings.settings(
+                step_settings.KnowledgeSummarySettings, config["plots"], seeds=SEEDS
+            ),
+            "reporting.knowledge",
         ),
     script:
         "../scripts/knowledge_summary.py"

@@ -10,8 +10,11 @@ rule prepare_model:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=settings(
-            name="tiny", tiny=config["model"]["tiny"], code=code_version("model.esm")
+        settings=params(
+            step_settings.settings(
+                step_settings.TinyModelSettings, config["model"]["tiny"]
+            ),
+            "model.esm",
         ),
     script:
         "../scripts/prepare_model.py"
@@ -32,16 +35,19 @@ rule fetch_pretrained_model:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=lambda wildcards: settings(
-            name=wildcards.name,
-            url=config["model"]["url"],
-            code=code_version("model.esm", "model.release"),
+        settings=lambda wildcards: params(
+            step_settings.settings(
+                step_settings.ReleaseSettings,
+                name=wildcards.name,
+                url=config["model"]["url"],
+            ),
+            "model.release",
         ),
     script:
-        "../scripts/prepare_model.py"
+        "../scripts/fetch_pretrained_model.py"
 
 
-if hf_directory():
+if MODEL_KIND == "hf":
 
     # A local Hugging Face ESM-2 directory (model.name), written once in fair-esm's format.
     rule convert_hf_model:
@@ -58,7 +64,7 @@ if hf_directory():
         conda:
             "../../envs/kneurons.yaml"
         params:
-            settings=settings(code=code_version("model.hf_checkpoint")),
+            settings=params({}, "model.hf_checkpoint"),
         script:
             "../scripts/convert_hf_model.py"
 
@@ -84,6 +90,9 @@ rule finetune:
     resources:
         gpu=1 if config["finetune"]["device"].startswith("cuda") else 0,
     params:
-        settings=settings(config["finetune"], code=code_version("model.esm", "model.train")),
+        settings=params(
+            step_settings.settings(step_settings.FinetuneSettings, config["finetune"]),
+            "model.train",
+        ),
     script:
         "../scripts/finetune.py"

@@ -1,6 +1,6 @@
-# One rule family for every method in kneurons.methods: with scoring.jobs_per_layer, per-layer
-# jobs for the costly ones (IG), so a cluster spreads them, then a merge; else one job per
-# seed and method.
+# One rule family for every method in kneurons.attribution.methods: with
+# scoring.jobs_per_layer, per-layer jobs for the costly ones (IG), so a cluster spreads them,
+# then a merge; else one job per seed and method.
 rule score_layer:
     input:
         unpack(scoring_inputs),
@@ -19,15 +19,15 @@ rule score_layer:
         "../../envs/kneurons.yaml"
     threads: 1
     params:
-        settings=scoring_settings,
+        settings=scoring_params,
     script:
         "../scripts/score.py"
 
 
 rule merge_layers:
     input:
-        layers=layer_tables,
-        per_sequence=layer_arrays,
+        layers=layer_files("tsv"),
+        per_sequence=layer_files("npy"),
     output:
         scores="results/scores/seed{seed}/{method}.tsv",
         per_sequence="results/scores/seed{seed}/{method}.npy",
@@ -39,8 +39,10 @@ rule merge_layers:
         method=methods_pattern(per_layer=True),
     conda:
         "../../envs/kneurons.yaml"
+    params:
+        settings=params({}, "attribution.score"),
     script:
-        "../scripts/merge_scores.py"
+        "../scripts/merge_layers.py"
 
 
 rule score:
@@ -61,7 +63,7 @@ rule score:
         "../../envs/kneurons.yaml"
     threads: 1
     params:
-        settings=scoring_settings,
+        settings=scoring_params,
     script:
         "../scripts/score.py"
 
@@ -85,6 +87,6 @@ rule evaluate:
     resources:
         gpu=1 if config["sweep"]["device"].startswith("cuda") else 0,
     params:
-        settings=evaluation_settings(),
+        settings=params(step_settings.sweep_params(config), "analysis.evaluation"),
     script:
         "../scripts/evaluate.py"

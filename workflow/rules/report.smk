@@ -1,6 +1,6 @@
 rule aggregate:
     input:
-        finetune=finetune_metrics(),
+        finetune=seed_files("results/finetune/seed{seed}/metrics.json"),
         results=seed_files("results/evaluation/seed{seed}/results.tsv"),
         kept=seed_files("results/evaluation/seed{seed}/kept.tsv"),
         baselines=baseline_files(),
@@ -30,7 +30,7 @@ rule aggregate:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=settings(code=code_version("reporting.pruning")),
+        settings=params({}, "reporting.pruning"),
     script:
         "../scripts/aggregate.py"
 
@@ -42,7 +42,7 @@ rule plots:
         tests=rules.aggregate.output.tests,
         enrichment=rules.aggregate.output.enrichment,
         density=rules.aggregate.output.density,
-        finetune=finetune_metrics(),
+        finetune=seed_files("results/finetune/seed{seed}/metrics.json"),
     output:
         plot_outputs(),
     log:
@@ -52,11 +52,11 @@ rule plots:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=settings(
-            config["plots"],
-            method_colors={m: METHOD_REGISTRY[m].color for m in METHODS},
-            granularity=config["scoring"]["granularity"],
-            code=code_version("reporting.plots"),
+        settings=params(
+            step_settings.plot_params(
+                config, {name: m.color for name, m in METHOD_REGISTRY.items()}
+            ),
+            "reporting.plots",
         ),
     script:
         "../scripts/plots.py"

@@ -1,3 +1,3 @@
-from kneurons.workflow import aggregate, run
+from kneurons.workflow import run
 
-run(snakemake, aggregate)  # noqa: F821 - injected by Snakemake
+run(snakemake, "aggregate")  # noqa: F821 - injected by Snakemake

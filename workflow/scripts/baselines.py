@@ -1,3 +1,3 @@
-from kneurons.workflow import baselines, run
+from kneurons.workflow import run
 
-run(snakemake, baselines)  # noqa: F821 - injected by Snakemake
+run(snakemake, "baselines")  # noqa: F821 - injected by Snakemake

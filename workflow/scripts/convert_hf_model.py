@@ -1,3 +1,3 @@
-from kneurons.workflow import convert_hf_model, run
+from kneurons.workflow import run
 
-run(snakemake, convert_hf_model)  # noqa: F821 - injected by Snakemake
+run(snakemake, "convert_hf_model")  # noqa: F821 - injected by Snakemake

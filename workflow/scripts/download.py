@@ -1,3 +1,3 @@
-from kneurons.workflow import download, run
+from kneurons.workflow import run
 
-run(snakemake, download)  # noqa: F821 - injected by Snakemake
+run(snakemake, "download")  # noqa: F821 - injected by Snakemake

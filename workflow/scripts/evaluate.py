@@ -1,3 +1,3 @@
-from kneurons.workflow import evaluate, run
+from kneurons.workflow import run
 
-run(snakemake, evaluate)  # noqa: F821 - injected by Snakemake
+run(snakemake, "evaluate")  # noqa: F821 - injected by Snakemake

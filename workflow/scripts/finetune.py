@@ -1,3 +1,3 @@
-from kneurons.workflow import finetune, run
+from kneurons.workflow import run
 
-run(snakemake, finetune)  # noqa: F821 - injected by Snakemake
+run(snakemake, "finetune")  # noqa: F821 - injected by Snakemake

@@ -1,3 +1,3 @@
-from kneurons.workflow import knowledge, run
+from kneurons.workflow import run
 
-run(snakemake, knowledge)  # noqa: F821 - injected by Snakemake
+run(snakemake, "knowledge")  # noqa: F821 - injected by Snakemake

@@ -1,3 +1,3 @@
-from kneurons.workflow import knowledge_summary, run
+from kneurons.workflow import run
 
-run(snakemake, knowledge_summary)  # noqa: F821 - injected by Snakemake
+run(snakemake, "knowledge_summary")  # noqa: F821 - injected by Snakemake

@@ -1,3 +1,3 @@
-from kneurons.workflow import plots, run
+from kneurons.workflow import run
 
-run(snakemake, plots)  # noqa: F821 - injected by Snakemake
+run(snakemake, "plots")  # noqa: F821 - injected by Snakemake

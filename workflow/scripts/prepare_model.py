@@ -1,3 +1,3 @@
-from kneurons.workflow import prepare_model, run
+from kneurons.workflow import run
 
-run(snakemake, prepare_model)  # noqa: F821 - injected by Snakemake
+run(snakemake, "prepare_model")  # noqa: F821 - injected by Snakemake

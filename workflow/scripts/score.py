@@ -1,3 +1,3 @@
-from kneurons.workflow import run, score
+from kneurons.workflow import run
 
-run(snakemake, score)  # noqa: F821 - injected by Snakemake
+run(snakemake, "score")  # noqa: F821 - injected by Snakemake

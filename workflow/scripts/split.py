@@ -1,3 +1,3 @@
-from kneurons.workflow import run, split
+from kneurons.workflow import run
 
-run(snakemake, split)  # noqa: F821 - injected by Snakemake
+run(snakemake, "split")  # noqa: F821 - injected by Snakemake

@@ -9,12 +9,18 @@ bootstrap confidence intervals.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import pandas as pd
 
-from kneurons.data.tables import SPLITS, STANDARD_RESIDUES, DataError
+from kneurons.analysis.stats import bootstrap_balanced_ci, bootstrap_ci
+from kneurons.data.tables import SPLITS, STANDARD_RESIDUES, DataError, read_labelled
+from kneurons.io import write_json
+from kneurons.settings import BaselinesSettings
+
+log = logging.getLogger(__name__)
 
 # Small grid of inverse regularisation strengths; chosen by validation accuracy.
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -134,3 +140,37 @@ def majority_baseline(split_table: pd.DataFrame) -> dict:
         "n_test": len(correct),
         "correct": correct.tolist(),
     }
+
+
+def baselines(input, output, settings: BaselinesSettings, wildcards) -> None:
+    """The baselines step: majority class and composition on one split's test sequences, with
+    95% bootstrap intervals (plain and class-balanced)."""
+    split_table = read_labelled(input.split)
+    test = split_table[split_table["split"] == "test"]
+    result = {}
+    for name, fit in (("majority", majority_baseline), ("composition", composition_baseline)):
+        if name == "majority":
+            metrics = fit(split_table)
+        else:
+            metrics = fit(split_table, sorted(split_table["ec_class"].unique()), seed=0)
+        correct = np.asarray(metrics.pop("correct"), dtype=float)
+        low, high = bootstrap_ci(correct, n_boot=settings.bootstrap, seed=0)
+        b_low, b_high = bootstrap_balanced_ci(
+            correct, test["ec_class"].to_numpy(), n_boot=settings.bootstrap, seed=0
+        )
+        result[name] = {
+            **metrics,
+            "ci_low": low,
+            "ci_high": high,
+            "balanced_ci_low": b_low,
+            "balanced_ci_high": b_high,
+        }
+        log.info(
+            "%s baseline: test accuracy %.3f [%.3f, %.3f]", name, metrics["accuracy"], low, high
+        )
+    result["n_test"] = len(test)
+    result["class_counts"] = {
+        str(c): int(n) for c, n in test["ec_class"].value_counts().sort_index().items()
+    }
+    result["n_classes"] = int(split_table["ec_class"].nunique())
+    write_json(result, output.baselines)

@@ -27,8 +27,11 @@ import pandas as pd
 import torch
 
 from kneurons.analysis import selection, stats
+from kneurons.data.tables import read_labelled
+from kneurons.io import write_tsv
 from kneurons.model import train
-from kneurons.model.esm import EnzymeClassifier, esm_config
+from kneurons.model.esm import EnzymeClassifier, esm_config, load_classifier, pick_device
+from kneurons.settings import SweepSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +66,6 @@ KEPT_COLUMNS = [
     "n_kept",
     "n_effective",
 ]
-
-
-@dataclass(frozen=True)
-class SweepSettings:
-    """What one seed's evaluation job does (the `sweep` config plus `scoring.normalize`)."""
-
-    ratios: tuple[float, ...]
-    random_draws: int
-    control_draws: int
-    module_ratios: tuple[float, ...]
-    normalize: str = "none"
-    bootstrap: int = 2000
-    batch_size: int = 64
 
 
 @dataclass(frozen=True)
@@ -115,7 +105,7 @@ def selections(
     yield Selection("full", "full", GLOBAL, 1.0, 0, None)
     units = next(iter(scores.values()))[_unit_columns(next(iter(scores.values())))]
     for method, table in scores.items():
-        for r in settings.ratios:
+        for r in settings.retention_ratios:
             chosen = selection.select(table, r, settings.normalize)
             yield Selection("scored", method, GLOBAL, r, 0, chosen)
             for draw in range(settings.control_draws):
@@ -123,7 +113,7 @@ def selections(
                 yield Selection("matched", method, GLOBAL, r, draw, matched_random(chosen, rng))
     for draw in range(settings.random_draws):
         ranking = random_scores(units, np.random.default_rng([seed, 2, draw]))
-        for r in settings.ratios:
+        for r in settings.retention_ratios:
             yield Selection("random", "random", GLOBAL, r, draw, selection.select(ranking, r))
     modules = list(dict.fromkeys(units["module"]))
     for module in modules:
@@ -253,7 +243,7 @@ def evaluate_seed(
 
 
 def _count(scores: Mapping, settings: SweepSettings) -> int:
-    n_ratios, n_module = len(settings.ratios), len(settings.module_ratios)
+    n_ratios, n_module = len(settings.retention_ratios), len(settings.module_ratios)
     n_modules = next(iter(scores.values()))["module"].nunique()
     per_method = n_ratios * (1 + settings.control_draws) + n_modules * n_module
     return (
@@ -262,3 +252,29 @@ def _count(scores: Mapping, settings: SweepSettings) -> int:
         + settings.random_draws * n_ratios
         + n_modules * n_module * settings.control_draws
     )
+
+
+def evaluate(input, output, settings: SweepSettings, wildcards) -> None:
+    """The evaluate step: every pruned model of one seed (methods, random and matched-random
+    controls, within-module pruning) on the test split, in one process."""
+    seed = int(wildcards["seed"])
+    device = pick_device(settings.device)
+    classifier, meta = load_classifier(input.model, device)
+    scores = {
+        method: pd.read_csv(path, sep="\t")
+        for method, path in zip(settings.methods, input.scores, strict=True)
+    }
+    test = read_labelled(input.split).query("split == 'test'")
+    log.info("evaluating on %d test sequences (%s)", len(test), device)
+    results, kept = evaluate_seed(
+        classifier,
+        test,
+        meta["classes"],
+        scores,
+        settings,
+        seed=seed,
+        max_length=meta["max_length"],
+    )
+    granularity = "weight" if "input" in next(iter(scores.values())).columns else "unit"
+    write_tsv(results.assign(granularity=granularity), output.results)
+    write_tsv(kept, output.kept)

@@ -14,6 +14,7 @@ not head positions. Across-seed statistics belong to `kneurons.stats`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -21,10 +22,22 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
-from kneurons.attribution.engine import ig_scores, length_sorted_batches
+from kneurons.attribution.engine import ig_scores, length_sorted_batches, scoring_subset
 from kneurons.data.motifs import MOTIF_KINDS, MOTIFS, parse_motifs
-from kneurons.model.esm import EnzymeClassifier, ablated, encode, linear
+from kneurons.data.tables import read_labelled
+from kneurons.io import write_tsv
+from kneurons.model.esm import (
+    EnzymeClassifier,
+    ablated,
+    encode,
+    linear,
+    load_classifier,
+    pick_device,
+)
 from kneurons.model.train import predict_proba
+from kneurons.settings import KnowledgeSettings
+
+log = logging.getLogger(__name__)
 
 UNIT_COLUMNS = ["layer", "module", "unit"]
 KN_COLUMNS = ["class", "layer", "module", "unit", "share", "mean_attribution"]
@@ -610,3 +623,49 @@ def motif_table(
     table = pd.concat(frames, ignore_index=True)
     table["motif_class"] = table["motif"].map(lambda m: MOTIFS[m][0] if m in MOTIFS else -1)
     return table[MOTIF_TABLE_COLUMNS]
+
+
+def knowledge(input, output, settings: KnowledgeSettings, wildcards) -> None:
+    """The knowledge step: one seed's knowledge neurons per class (from `settings.method`'s
+    per-sequence attributions), their suppress/amplify effects against matched random units,
+    and their motif AUROCs."""
+    seed = int(wildcards["seed"])
+    classifier, meta = load_classifier(input.model, pick_device(settings.device))
+    classes, max_length = meta["classes"], meta["max_length"]
+    split_table = read_labelled(input.split)
+    # the scoring subset the attributions were computed on (same seed, same rule)
+    sequences, labels = scoring_subset(split_table, classes, settings.max_sequences, seed)
+    units = pd.read_csv(input.scores, sep="\t")[UNIT_COLUMNS]
+    neurons = knowledge_neurons(
+        np.load(input.per_sequence),
+        [classes[label] for label in labels],
+        classes,
+        threshold=settings.threshold,
+        share=settings.share,
+        max_count=settings.max_count or None,
+        units=units,
+    )
+    counts = neurons.groupby("class").size().reindex(classes, fill_value=0)
+    log.info("knowledge neurons per class: %s", counts.to_dict())
+    test = class_subset(split_table[split_table["split"] == "test"], settings.test_sequences, seed)
+    effects = effects_with_controls(
+        classifier,
+        test,
+        classes,
+        neurons,
+        units,
+        matched_sets=settings.matched_sets,
+        seed=seed,
+        max_length=max_length,
+    )
+    motifs = motif_table(
+        classifier,
+        split_table[split_table["split"] == "validation"],
+        neurons,
+        units,
+        seed=seed,
+        max_length=max_length,
+    )
+    write_tsv(neurons, output.neurons)
+    write_tsv(effects, output.effects)
+    write_tsv(motifs, output.motifs)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from kneurons.data.motifs import format_motifs, parse_motifs
-from kneurons.data.tables import DataError, as_table, normalise_ec
+from kneurons.data.tables import DataError, Loaded, as_table, normalise_ec
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
 
@@ -214,3 +214,16 @@ def read_input(path: str | os.PathLike, **table_columns) -> tuple[pd.DataFrame, 
             )
         return read_fasta(path)
     return read_table(path, **table_columns)
+
+
+def load(settings, input) -> Loaded:
+    """The download step's source `table`: the user's table or FASTA (`input.table`)."""
+    t = settings.table
+    table, dropped = read_input(
+        input.table,
+        id_column=t.id_column,
+        ec_column=t.ec_column,
+        sequence_column=t.sequence_column,
+        motif_column=t.motif_column,
+    )
+    return Loaded(table, input.table, dropped, {"table": str(Path(input.table).resolve())})

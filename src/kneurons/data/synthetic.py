@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kneurons.data.motifs import MOTIF_TOKENS, MOTIFS, find_motifs
-from kneurons.data.tables import COLUMNS, STANDARD_RESIDUES, as_table
+from kneurons.data.tables import COLUMNS, STANDARD_RESIDUES, Loaded, as_table
 
 # UniProtKB/Swiss-Prot amino-acid composition (percent, release statistics); normalised where used.
 BACKGROUND_FREQUENCIES = {
@@ -438,3 +438,20 @@ def _build_balanced(rng, length, smallest, plan, max_plans=1000, max_restarts=20
         f"could not place motifs in a sequence of length {length} without accidental motif "
         "occurrences; use longer sequences"
     )
+
+
+def load(settings, input) -> Loaded:
+    """The download step's source `synthetic` (`settings`: DownloadSettings)."""
+    s = settings.synthetic
+    table = generate_synthetic(
+        n_per_class=s.n_per_class,
+        min_length=s.min_length,
+        max_length=s.max_length,
+        seed=s.seed,
+        classes=settings.classes,
+        mutation_rate=s.mutation_rate,
+        decoy_rate=s.decoy_rate,
+        motifs_per_sequence=s.motifs_per_sequence,
+        balance_composition=s.balance_composition,
+    )
+    return Loaded(table, "synthetic")

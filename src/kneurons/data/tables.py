@@ -6,6 +6,7 @@ import math
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -253,3 +254,15 @@ def summarize_dropped(dropped: dict, sep: str = "\n") -> str:
     if not items:
         return "dropped nothing"
     return sep.join(f"dropped {n}: {r}" for n, r in items)
+
+
+@dataclass
+class Loaded:
+    """What a data source's `load` returns (`kneurons.data.download`): the raw table, the
+    name used in error messages, what it dropped (reason -> count) and what the download
+    report should say about the source."""
+
+    table: pd.DataFrame
+    name: str
+    dropped: Counter = field(default_factory=Counter)
+    info: dict = field(default_factory=dict)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from functools import partial
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
@@ -15,6 +17,8 @@ import pandas as pd
 import requests
 
 from kneurons.data.http import BadResponse, DownloadError, decode_body, fetch, one_line, session_for
+from kneurons.data.readers import read_table
+from kneurons.data.tables import Loaded
 from kneurons.io import write_tsv
 
 log = logging.getLogger(__name__)
@@ -329,3 +333,32 @@ def download_uniprot(
         "min_length": min_length,
         "max_length": max_length,
     }
+
+
+def load(settings, input) -> Loaded:
+    """The download step's source `uniprot`: one paginated query per class, then read as a
+    table; the release is recorded."""
+    u = settings.uniprot
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "uniprot.tsv"
+        report = download_uniprot(
+            raw,
+            base_url=u.url,
+            classes=settings.classes,
+            per_class=u.per_class,
+            min_length=settings.min_length,
+            max_length=settings.max_length,
+            seed=u.seed,
+            retries=u.retries,
+            timeout=u.timeout,
+            features=u.features,
+        )
+        table, dropped = read_table(raw, motif_column=MOTIFS_COLUMN if u.features else "")
+    # features that could not be placed: counted like dropped rows, the entries are kept
+    dropped.update(report["features_dropped"])
+    info = {
+        "uniprot": report,
+        "release": report["release"],
+        "release_date": report["release_date"],
+    }
+    return Loaded(table, u.url, dropped, info)

@@ -17,6 +17,7 @@ from torch import nn
 from kneurons.io import atomic_path, load_checkpoint
 from kneurons.model.attention import use_fused_attention
 from kneurons.model.units import ATTENTION_MODULES, MODULES
+from kneurons.settings import TinyModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -296,3 +297,20 @@ def ablated(
 def set_threads(threads: int) -> None:
     """Torch intra-op threads for this process (at least 1)."""
     torch.set_num_threads(max(1, int(threads)))
+
+
+def log_loaded(path) -> None:
+    """Check that the checkpoint at `path` loads; log its size."""
+    esm2 = load_esm_checkpoint(path)
+    log.info("%s loads: %d parameters", path, sum(p.numel() for p in esm2.parameters()))
+
+
+def prepare_model(input, output, settings: TinyModelSettings, wildcards) -> None:
+    """The prepare_model step: the tiny ESM-2, initialised from the run seed (each seed gets
+    its own backbone), saved and checked to load."""
+    esm2 = build_tiny_esm2(
+        settings.num_layers, settings.embed_dim, settings.attention_heads, int(wildcards["seed"])
+    )
+    log.info("built a tiny ESM-2: %s", esm_config(esm2))
+    save_esm_checkpoint(esm2, output.checkpoint)
+    log_loaded(output.checkpoint)

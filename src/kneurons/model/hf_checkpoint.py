@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 from kneurons.errors import UserError
+from kneurons.settings import NoSettings
 
 log = logging.getLogger(__name__)
 
@@ -413,3 +414,13 @@ def _check_dropped(source: str, hf: dict, dropped: dict, state: dict, expected: 
         elif kind == POSITION_IDS:
             if not torch.equal(tensor.reshape(-1).long(), torch.arange(tensor.numel())):
                 raise HFCheckpointError(f"{source}: {hf_name} is not 0, 1, 2, ...")
+
+
+def convert_hf_model(input, output, settings: NoSettings, wildcards) -> None:
+    """The convert_hf_model step: a Hugging Face ESM-2 directory as a fair-esm checkpoint,
+    checked to load."""
+    from kneurons.model.esm import log_loaded
+
+    report = convert_hf_esm2(Path(input.config).parent, output.checkpoint)
+    log.info("dropped on purpose (checked): %s", ", ".join(report["dropped"]) or "nothing")
+    log_loaded(output.checkpoint)

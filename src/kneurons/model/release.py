@@ -12,6 +12,7 @@ import requests
 
 from kneurons.data.http import MIN_RATE, DownloadError, download_file, session_for
 from kneurons.io import load_checkpoint
+from kneurons.settings import ReleaseSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +78,23 @@ def fetch_esm_checkpoint(
                     log.warning("%s exists but is invalid (%s); downloading again", dest, exc)
             download_file(url, dest, verify=verify, session=session, **kw)
     return dests[0], dests[1]
+
+
+def fetch_pretrained_model(input, output, settings: ReleaseSettings, wildcards) -> None:
+    """The fetch_pretrained_model step: a fair-esm release and its contact regression, checked
+    to load."""
+    from kneurons.model.esm import log_loaded
+
+    fetch_esm_checkpoint(settings.name, Path(output.checkpoint).parent, base_url=settings.url)
+    log_loaded(output.checkpoint)
+
+
+RELEASE_NAMES = (
+    "esm2_t6_8M_UR50D",
+    "esm2_t12_35M_UR50D",
+    "esm2_t30_150M_UR50D",
+    "esm2_t33_650M_UR50D",
+    "esm2_t36_3B_UR50D",
+    "esm2_t48_15B_UR50D",
+)
+RELEASE_NAME_PATTERN = "|".join(RELEASE_NAMES)

@@ -14,9 +14,20 @@ import pandas as pd
 import torch
 from torch import nn
 
+from kneurons.data.tables import read_labelled
 from kneurons.errors import UserError
-from kneurons.model.esm import EnzymeClassifier, ablated, autocast, encode, load_esm_checkpoint
+from kneurons.io import write_json
+from kneurons.model.esm import (
+    EnzymeClassifier,
+    ablated,
+    autocast,
+    encode,
+    load_esm_checkpoint,
+    pick_device,
+    save_classifier,
+)
 from kneurons.progress import format_seconds, progress
+from kneurons.settings import FinetuneSettings
 
 log = logging.getLogger(__name__)
 
@@ -326,28 +337,27 @@ def _final_metrics(
 def finetune(
     checkpoint: str,
     split: pd.DataFrame,
+    settings: FinetuneSettings,
     *,
     seed: int,
-    epochs: int,
-    lr: float,
-    head_lr: float,
-    weight_decay: float,
-    batch_size: int,
-    max_length: int,
     device: torch.device,
-    class_weights_mode: str = "none",
-    max_tokens: int = 0,
-    precision: str = "auto",
-    train_layers: int | None = None,
 ) -> tuple[EnzymeClassifier, list[int], dict]:
-    """Train the model (or its top `train_layers` layers); keep the epoch with the best
-    validation accuracy (first on ties).
+    """Train the model (or its top `settings.train_layers` layers); keep the epoch with the
+    best validation accuracy (first on ties).
 
-    `class_weights_mode` balanced weights the cross-entropy by n / (n_classes x n_c) of the
-    train split; `max_tokens` > 0 batches by padded tokens instead of `batch_size` sequences;
+    `class_weights` balanced weights the cross-entropy by n / (n_classes x n_c) of the train
+    split; `max_tokens` > 0 batches by padded tokens instead of `batch_size` sequences;
     `precision` (auto, fp32, bf16) is that of the training forward and backward passes.
     Validation and test metrics are computed in float32, as the evaluate step does.
     """
+    epochs, lr, head_lr = settings.epochs, settings.lr, settings.head_lr
+    weight_decay = settings.weight_decay
+    batch_size, max_length, max_tokens = (
+        settings.batch_size,
+        settings.max_length,
+        settings.max_tokens,
+    )
+    precision, train_layers = settings.precision, settings.train_layers
     seed_everything(seed)
     classes = sorted(int(c) for c in split["ec_class"].unique())
     index = {c: k for k, c in enumerate(classes)}
@@ -366,7 +376,7 @@ def finetune(
     else:
         steps_per_epoch = -(-len(train) // batch_size)
     optimizer, scheduler = _optimiser(model, lr, head_lr, weight_decay, steps_per_epoch, epochs)
-    weight = class_weights(labels, len(classes), class_weights_mode)
+    weight = class_weights(labels, len(classes), settings.class_weights)
     precision = resolve_precision(precision, device)
     generator = torch.Generator().manual_seed(seed)
     history, best, best_state = [], None, None
@@ -448,3 +458,16 @@ def finetune(
         test_metrics["macro_f1"],
     )
     return model, classes, metrics
+
+
+def finetune_step(input, output, settings: FinetuneSettings, wildcards) -> None:
+    """The finetune step: ESM-2 plus a head for one seed; write the model and its metrics."""
+    classifier, classes, metrics = finetune(
+        input.checkpoint,
+        read_labelled(input.split),
+        settings,
+        seed=int(wildcards["seed"]),
+        device=pick_device(settings.device),
+    )
+    save_classifier(classifier, classes, settings.max_length, output.model)
+    write_json(metrics, output.metrics)

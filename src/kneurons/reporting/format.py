@@ -10,6 +10,14 @@ from kneurons.model.units import MODULES
 
 FULL_METHOD = "full"
 RANDOM = "random"
+# the pruning figures (kneurons.reporting.plots), each a PNG and a PDF: key -> file name
+PRUNING_FIGURES = {
+    "accuracy": "accuracy_vs_retention",
+    "density": "density_heatmaps",
+    "enrichment": "enrichment_heatmaps",
+    "modules": "module_enrichment",
+    "pruning": "module_pruning",
+}
 
 
 def method_order(methods: Iterable[str]) -> list[str]:

@@ -19,6 +19,7 @@ Pure pandas / matplotlib: no torch import, so the report step stays light.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from kneurons.reporting.style import (
     rc_params,
     save_figure,
 )
+from kneurons.settings import KnowledgeSummarySettings
 
 PathLike = str | os.PathLike
 
@@ -873,4 +875,17 @@ def write_outputs(
     plot_placement(neurons, outputs["placement_png"], outputs["placement_pdf"], style, seeds=seeds)
     plot_motif_detectors(
         motifs, outputs["motif_detectors_png"], outputs["motif_detectors_pdf"], style
+    )
+
+
+def knowledge_summary(input, output, settings: KnowledgeSummarySettings, wildcards) -> None:
+    """The knowledge_summary step: across seeds, specificity with tests, motif detectors, the
+    summary page and the figures."""
+    write_outputs(
+        list(input.neurons),
+        list(input.effects),
+        list(input.motifs),
+        settings.seeds,
+        {key: output[key] for key in OUTPUT_KEYS},
+        dataclasses.asdict(settings),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from matplotlib.image import AxesImage
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from kneurons.io import read_json
-from kneurons.reporting.format import format_retention, method_order, module_order
+from kneurons.reporting.format import PRUNING_FIGURES, format_retention, method_order, module_order
 from kneurons.reporting.pruning import (
     FOCUS_MODULE,
     FULL_METHOD,
@@ -32,15 +33,7 @@ from kneurons.reporting.style import (
     rc_params,
     save_figure,
 )
-
-OUTPUT_NAMES = {
-    "accuracy": "accuracy_vs_retention",
-    "density": "density_heatmaps",
-    "enrichment": "enrichment_heatmaps",
-    "modules": "module_enrichment",
-    "pruning": "module_pruning",
-}
-
+from kneurons.settings import PlotSettings
 
 INTERVAL = "95% t-interval over seeds"
 
@@ -490,7 +483,7 @@ def make_all_plots(tables, out_dir: PathLike, style: dict | None = None) -> list
     chance = float(np.mean(chances)) if chances else None
 
     def paths(key: str) -> tuple[Path, Path]:
-        return out_dir / f"{OUTPUT_NAMES[key]}.png", out_dir / f"{OUTPUT_NAMES[key]}.pdf"
+        return out_dir / f"{PRUNING_FIGURES[key]}.png", out_dir / f"{PRUNING_FIGURES[key]}.pdf"
 
     written: list[Path] = []
     written += plot_accuracy_vs_retention(summary, accuracy, chance, *paths("accuracy"), style)
@@ -499,3 +492,8 @@ def make_all_plots(tables, out_dir: PathLike, style: dict | None = None) -> list
     written += plot_module_enrichment(enrichment, *paths("modules"), style)
     written += plot_module_pruning(summary, *paths("pruning"), style)
     return written
+
+
+def plots(input, output, settings: PlotSettings, wildcards) -> None:
+    """The plots step: every figure, PNG and PDF, beside the first output."""
+    make_all_plots(input, Path(output[0]).parent, dataclasses.asdict(settings))

@@ -20,6 +20,7 @@ from kneurons.reporting.format import (
     method_order,
     module_order,
 )
+from kneurons.settings import NoSettings
 
 FOCUS_MODULE = "k_proj"
 
@@ -663,3 +664,14 @@ def write_outputs(
     write_tsv(density_table(kept), outputs["density"])
     with atomic_path(outputs["markdown"]) as tmp:
         tmp.write_text(text + "\n")
+
+
+def aggregate(input, output, settings: NoSettings, wildcards) -> None:
+    """The aggregate step: tables with intervals and tests, and the summary page, over seeds."""
+    write_outputs(
+        list(input.finetune),
+        list(input.results),
+        list(input.kept),
+        list(input.baselines),
+        {key: output[key] for key in OUTPUT_KEYS},
+    )

@@ -1,0 +1,3 @@
+from kneurons.workflow import run
+
+run(snakemake, "merge_layers")  # noqa: F821 - injected by Snakemake
