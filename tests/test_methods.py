@@ -74,6 +74,9 @@ def test_a_new_method_is_one_file(tmp_path, monkeypatch, tiny_classifier):
 
 def test_reading_the_registry_does_not_import_torch():
     """The Snakefile reads the registry on every parse (dry runs, each cluster job)."""
-    code = "import sys, kneurons.attribution.methods as m; print(len(m.REGISTRY), 'torch' in sys.modules)"
+    code = (
+        "import sys, kneurons.attribution.methods as m; "
+        "print(len(m.REGISTRY), 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == [str(len(REGISTRY)), "False"]
