@@ -29,10 +29,10 @@ import torch
 from kneurons.analysis import selection, stats
 from kneurons.model import train
 from kneurons.model.esm import EnzymeClassifier, esm_config
+from kneurons.model.units import GLOBAL
 
 log = logging.getLogger(__name__)
 
-GLOBAL = "global"
 # selections that are one model each (the others are draws, reported by their mean)
 SINGLE_MODELS = ("full", "scored")
 RESULT_COLUMNS = [

@@ -25,8 +25,8 @@ from kneurons.attribution.engine import length_sorted_batches
 from kneurons.data.motifs import MOTIF_KINDS, MOTIFS, parse_motifs
 from kneurons.model.esm import EnzymeClassifier, ablated, encode, linear
 from kneurons.model.train import predict_proba
+from kneurons.model.units import INTERVENTIONS, UNIT_COLUMNS
 
-UNIT_COLUMNS = ["layer", "module", "unit"]
 KN_COLUMNS = ["class", "layer", "module", "unit", "share", "mean_attribution"]
 EFFECT_QUANTITIES = ("p_true", "accuracy")
 # a share x n that is an integer can miss it by an ulp in floating point
@@ -161,7 +161,9 @@ def class_effects(
         for quantity, after, before in zip(EFFECT_QUANTITIES, scaled, base, strict=True):
             change = pd.Series(after - before).groupby(seq_classes).mean()
             rows[quantity][c] = change.reindex(list(classes))
-    return {quantity: _effect_matrix(rows[quantity], classes) for quantity in EFFECT_QUANTITIES}
+    return {
+        quantity: _class_effect_frame(rows[quantity], classes) for quantity in EFFECT_QUANTITIES
+    }
 
 
 def _p_true_and_correct(probs: torch.Tensor, y_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +172,8 @@ def _p_true_and_correct(probs: torch.Tensor, y_true: np.ndarray) -> tuple[np.nda
     return p_true, (probs.argmax(-1) == y_true).astype(float)
 
 
-def _effect_matrix(rows: Mapping, classes: Sequence) -> pd.DataFrame:
+def _class_effect_frame(rows: Mapping, classes: Sequence) -> pd.DataFrame:
+    """One seed's effects {neuron class: Series by sequence class} as a labelled frame."""
     matrix = pd.DataFrame({c: rows[c] for c in classes}).T.astype(float)
     matrix.index.name, matrix.columns.name = "neuron_class", "sequence_class"
     return matrix
@@ -354,8 +357,6 @@ def _auroc(
 
 
 # --- one seed's analysis, as the workflow runs it -----------------------------------------------
-
-INTERVENTIONS = {"suppress": 0.0, "amplify": 2.0}
 
 
 def class_subset(table: pd.DataFrame, max_sequences: int, seed: int) -> pd.DataFrame:

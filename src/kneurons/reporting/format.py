@@ -10,6 +10,10 @@ from kneurons.model.units import MODULES
 
 FULL_METHOD = "full"
 RANDOM = "random"
+# the significance level of every Holm-corrected test in the reports
+ALPHA = 0.05
+# what the intervals of means over seeds are
+INTERVAL = "95% t-interval over seeds"
 
 
 def method_order(methods: Iterable[str]) -> list[str]:

@@ -31,7 +31,15 @@ from matplotlib.figure import Figure
 
 from kneurons.analysis import stats
 from kneurons.io import atomic_path, write_tsv
-from kneurons.reporting.format import format_interval, format_p, md_table, module_order
+from kneurons.model.units import INTERVENTIONS, UNIT_COLUMNS
+from kneurons.reporting.format import (
+    ALPHA,
+    INTERVAL,
+    format_interval,
+    format_p,
+    md_table,
+    module_order,
+)
 from kneurons.reporting.style import (
     ColourScale,
     annotate_cells,
@@ -42,18 +50,15 @@ from kneurons.reporting.style import (
 
 PathLike = str | os.PathLike
 
-ALPHA = 0.05
 KNOWLEDGE, MATCHED = "knowledge", "matched"
-INTERVENTIONS = ("suppress", "amplify")
 QUANTITIES = ("p_true", "accuracy")
 # the sign of a specific effect: suppression (x0) lowers, amplification (x2) raises
 EXPECTED_SIGN = {"suppress": -1.0, "amplify": 1.0}
-FACTORS = {"suppress": "x0", "amplify": "x2"}
+FACTORS = {name: f"x{factor:g}" for name, factor in INTERVENTIONS.items()}
 QUANTITY_LABELS = {"p_true": "p(true class)", "accuracy": "accuracy"}
 # a unit "detects" a motif only when its best AUROC is above chance
 MIN_AUROC = 0.5
 ALL_CLASSES = "all"
-UNIT_COLUMNS = ["layer", "module", "unit"]
 OUTPUT_KEYS = (
     "specificity",
     "detectors",
@@ -65,7 +70,6 @@ OUTPUT_KEYS = (
     "motif_detectors_png",
     "motif_detectors_pdf",
 )
-INTERVAL = "95% t-interval over seeds"
 
 SPECIFICITY_COLUMNS = [
     "intervention",
@@ -226,7 +230,7 @@ def specificity_table(effects: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- motif detectors
 
 
-def best_motifs(motifs: pd.DataFrame) -> pd.DataFrame:
+def best_motifs_per_seed(motifs: pd.DataFrame) -> pd.DataFrame:
     """Per (seed, set, class, unit): its best motif (highest AUROC; ties: first row) with that
     motif's class and AUROC; units with only NaN AUROCs get none (NaN)."""
     keys = ["seed", "set", "class", *UNIT_COLUMNS]
@@ -247,7 +251,7 @@ def detector_shares(motifs: pd.DataFrame) -> pd.DataFrame:
     columns = ["seed", "set", "class", "n_units", *SHARES]
     if motifs.empty:
         return pd.DataFrame(columns=columns)
-    best = best_motifs(motifs)
+    best = best_motifs_per_seed(motifs)
     detects = best["best_auroc"].to_numpy(dtype=float) > MIN_AUROC
     # compare as text: the tables may carry classes as numbers or as strings
     same = best["motif_class"].astype(str).to_numpy() == best["class"].astype(str).to_numpy()
@@ -314,7 +318,7 @@ def top_detectors(motifs: pd.DataFrame, n: int = 3, set_name: str = KNOWLEDGE) -
     columns = ["class", "seed", *UNIT_COLUMNS, "best_motif", "motif_class", "best_auroc"]
     if motifs.empty:
         return pd.DataFrame(columns=columns)
-    best = best_motifs(motifs[motifs["set"] == set_name])
+    best = best_motifs_per_seed(motifs[motifs["set"] == set_name])
     best = best[best["best_auroc"] > MIN_AUROC].sort_values("best_auroc", ascending=False)
     return best.groupby("class", sort=False).head(n)[columns].reset_index(drop=True)
 
@@ -613,8 +617,9 @@ def _message(ax, text: str) -> None:
     ax.set_axis_off()
 
 
-def _effect_matrix(effects: pd.DataFrame, intervention: str, set_name: str, classes: list):
-    """(classes, classes) mean effect on p_true over seeds (matched: over draws, then seeds)."""
+def _mean_p_true_grid(effects: pd.DataFrame, intervention: str, set_name: str, classes: list):
+    """(classes, classes) array: the mean effect on p_true over seeds of the effects tables of
+    every seed (matched: over draws, then seeds)."""
     sub = effects[
         (effects["intervention"] == intervention)
         & (effects["set"] == set_name)
@@ -635,7 +640,7 @@ def plot_effects(
     st = merged_style(style)
     classes = class_order(effects.get("neuron_class", []), effects.get("sequence_class", []))
     grids = {
-        (i, s): _effect_matrix(effects, i, s, classes) if classes else np.empty((0, 0))
+        (i, s): _mean_p_true_grid(effects, i, s, classes) if classes else np.empty((0, 0))
         for i in INTERVENTIONS
         for s in (KNOWLEDGE, MATCHED)
     }

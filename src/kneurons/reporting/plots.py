@@ -14,11 +14,11 @@ from matplotlib.image import AxesImage
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from kneurons.io import read_json
-from kneurons.reporting.format import format_retention, method_order, module_order
+from kneurons.model.units import GLOBAL
+from kneurons.reporting.format import INTERVAL, format_retention, method_order, module_order
 from kneurons.reporting.pruning import (
     FOCUS_MODULE,
     FULL_METHOD,
-    GLOBAL,
     METRIC_LABELS,
     RANDOM,
     rows_of,
@@ -40,9 +40,6 @@ OUTPUT_NAMES = {
     "modules": "module_enrichment",
     "pruning": "module_pruning",
 }
-
-
-INTERVAL = "95% t-interval over seeds"
 
 
 def _pruned_methods(df: pd.DataFrame) -> list[str]:

@@ -10,7 +10,9 @@ import pandas as pd
 
 from kneurons.analysis import stats
 from kneurons.io import atomic_path, read_json, write_tsv
+from kneurons.model.units import GLOBAL
 from kneurons.reporting.format import (
+    ALPHA,
     FULL_METHOD,
     RANDOM,
     format_interval,
@@ -22,12 +24,6 @@ from kneurons.reporting.format import (
 )
 
 FOCUS_MODULE = "k_proj"
-
-
-GLOBAL = "global"
-
-
-ALPHA = 0.05
 
 
 # a pruned model that keeps less than this share of the full model's gain over chance is
