@@ -27,14 +27,6 @@ log = logging.getLogger(__name__)
 esm.modules.gelu = nn.functional.gelu
 
 ALPHABET = esm.data.Alphabet.from_architecture("ESM-1b")
-PRETRAINED = (
-    "esm2_t6_8M_UR50D",
-    "esm2_t12_35M_UR50D",
-    "esm2_t30_150M_UR50D",
-    "esm2_t33_650M_UR50D",
-    "esm2_t36_3B_UR50D",
-    "esm2_t48_15B_UR50D",
-)
 # fair-esm's loader prefixes; real checkpoints carry the first.
 _STATE_PREFIX = "encoder.sentence_encoder."
 _REGRESSION_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")
