@@ -1,4 +1,6 @@
-"""data.synthetic (moved from kneurons.data)."""
+"""Synthetic enzyme-like sequences whose EC class is carried by planted motifs
+(`generate_synthetic`), with mutated and decoy motifs as noise and class-independent residue
+composition."""
 
 from __future__ import annotations
 

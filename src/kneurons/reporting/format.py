@@ -1,4 +1,5 @@
-"""reporting.format (moved from kneurons.report)."""
+"""What the reports share: the order of methods and modules, how retentions, intervals and
+p-values are written, markdown tables, and the significance level and interval label."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""reporting.plots (moved from kneurons.plots)."""
+"""Figures for the pruning experiment (accuracy against retention, density and enrichment
+heatmaps, module enrichment and within-module pruning), each written atomically as PNG and PDF
+in the common style (`reporting.style`)."""
 
 from __future__ import annotations
 
