@@ -1,4 +1,4 @@
-"""kneurons.stats against hand-computed cases and brute-force enumeration."""
+"""kneurons.analysis.stats against hand-computed cases and brute-force enumeration."""
 
 import itertools
 import math

@@ -9,7 +9,7 @@
   "this residue lies in a motif of that type".
 
 Unit tables have columns layer, module, unit. Classes are the values of `classes` (EC classes),
-not head positions. Across-seed statistics belong to `kneurons.stats`.
+not head positions. Across-seed statistics belong to `kneurons.reporting.knowledge`.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def units_by_class(kn_table: pd.DataFrame) -> dict:
 def scale_masks(
     model: EnzymeClassifier, units: pd.DataFrame, factor: float
 ) -> dict[tuple[int, str], torch.Tensor]:
-    """Float masks for `model.ablated`: ones, and `factor` at `units` (0 suppresses, 2
+    """Float masks for `model.esm.ablated`: ones, and `factor` at `units` (0 suppresses, 2
     amplifies). `ablated` applies them in float32, so a factor is exact only if float32 has it."""
     masks = {}
     for (layer, module), group in units.groupby(["layer", "module"], sort=False):
@@ -197,7 +197,7 @@ def matched_sets(
 ) -> list[pd.DataFrame]:
     """`k` random unit tables with exactly `kn_units`' count in every (layer, module) cell,
     drawn without replacement from that cell's units in `all_units` (knowledge neurons
-    included: a uniform draw, like `evaluation.matched_random`)."""
+    included: a uniform draw, like `analysis.evaluation.matched_random`)."""
     counts = kn_units.groupby(["layer", "module"]).size()
     pools = {
         (int(layer), str(module)): group[UNIT_COLUMNS].reset_index(drop=True)

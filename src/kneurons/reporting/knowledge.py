@@ -1,7 +1,8 @@
 """Aggregate the seeds' knowledge-neuron tables into tests, a summary page and figures.
 
 Inputs per seed (results/knowledge/seed{S}/), each given a `seed` column here:
-- neurons.tsv: class, layer, module, unit, share, mean_attribution (`knowledge.KN_COLUMNS`);
+- neurons.tsv: class, layer, module, unit, share, mean_attribution
+  (`analysis.knowledge.KN_COLUMNS`);
 - effects.tsv: intervention (suppress | amplify), set (knowledge | matched), draw, quantity
   (p_true | accuracy), neuron_class, sequence_class, effect (change against the unmodified model
   on the test sequences of sequence_class when neuron_class's set is scaled);
@@ -9,10 +10,10 @@ Inputs per seed (results/knowledge/seed{S}/), each given a `seed` column here:
   empty: no motif annotation).
 
 Specificity of a class's set = its effect on the class's own test sequences minus the mean
-effect on the other classes' test sequences (`knowledge.specificity`). The seed is the
+effect on the other classes' test sequences (`seed_specificity`). The seed is the
 replicate: across seeds a mean has a 95% Student-t interval over the per-seed values, and the
 knowledge set is compared with the mean of that seed's matched random sets by a paired t-test
-over seeds (`stats.paired_test`), Holm-corrected over the family of rows.
+over seeds (`analysis.stats.paired_test`), Holm-corrected over the family of rows.
 
 Pure pandas / matplotlib: no torch import, so the report step stays light.
 """

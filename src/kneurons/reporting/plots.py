@@ -444,7 +444,7 @@ def plot_module_enrichment(
     out_pdf: PathLike,
     style: dict | None = None,
 ) -> list[Path]:
-    """Grouped bars of module-type enrichment (`report.enrichment_table`): one panel per
+    """Grouped bars of module-type enrichment (`reporting.pruning.enrichment_table`): one panel per
     retention ratio; error bars: 95% t-interval over seeds; *: Holm p < 0.05 vs random."""
     st = merged_style(style)
     methods = _pruned_methods(enrichment)

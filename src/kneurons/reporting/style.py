@@ -36,7 +36,8 @@ DEFAULT_STYLE = {
 }
 
 
-# Methods bring their own colours (kneurons.methods, passed in as style["method_colors"]).
+# Methods bring their own colours (kneurons.attribution.methods, passed in as
+# style["method_colors"]).
 _EXTRA_COLORS = ["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
