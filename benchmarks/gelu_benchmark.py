@@ -1,6 +1,6 @@
 """Pruned-model evaluation with fair-esm's own gelu (baseline) vs torch's fused gelu (ours).
 
-`kneurons.model` replaces `esm.modules.gelu` (x * 0.5 * (1 + erf(x / sqrt 2)), four unfused
+`kneurons.model.esm` replaces `esm.modules.gelu` (x * 0.5 * (1 + erf(x / sqrt 2)), four unfused
 elementwise ops) with `torch.nn.functional.gelu` (the same function, one kernel). This times
 `train.predict_proba` on the default tiny model and test-set size, both ways in the same run,
 and prints the ratio and the largest difference of the class probabilities.

@@ -4,8 +4,14 @@ import torch
 import torch.nn.functional as F
 
 from kneurons.attribution.engine import ig_scores
-from kneurons.model.attention import fused_attention_enabled, use_fused_attention
+from kneurons.model.attention import attention_modules, use_fused_attention
 from kneurons.model.esm import MODULES, EnzymeClassifier, build_tiny_esm2, encode, linear
+
+
+def fused_attention_enabled(model):
+    """Every attention module runs the fused forward (an instance attribute over the class's)."""
+    modules = attention_modules(model)
+    return bool(modules) and all("forward" in vars(module) for module in modules)
 
 
 def outputs(model, tokens):

@@ -7,7 +7,7 @@ import pytest
 
 from kneurons.data.motifs import MOTIF_REGEX, MOTIFS, find_motifs, format_motifs, parse_motifs
 from kneurons.data.readers import read_fasta, read_input, read_table
-from kneurons.data.synthetic import generate_synthetic
+from kneurons.data.synthetic import SyntheticError, generate_synthetic
 from kneurons.data.tables import (
     COLUMNS,
     STANDARD_RESIDUES,
@@ -20,6 +20,7 @@ from kneurons.data.tables import (
     stratified_split,
     summarize_dropped,
 )
+from kneurons.errors import UserError
 from kneurons.io import write_tsv
 
 
@@ -100,13 +101,22 @@ def test_synthetic_no_noise_and_subset_of_classes():
     assert kinds == {"true"}
 
 
-def test_synthetic_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="min_length"):
-        generate_synthetic(5, 10, 20, seed=0)
-    with pytest.raises(ValueError, match="class"):
-        generate_synthetic(5, 60, 80, seed=0, classes=(7,))
-    with pytest.raises(ValueError, match="mutation_rate"):
-        generate_synthetic(5, 60, 80, seed=0, mutation_rate=1.5)
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_length": 10, "max_length": 20}, "data.synthetic: lengths must satisfy"),
+        ({"classes": (1, 7)}, r"data.classes: no synthetic motifs for EC class\(es\) \[7\]"),
+        ({"mutation_rate": 1.5}, r"data.synthetic.mutation_rate must be in \[0, 1\]"),
+        ({"motifs_per_sequence": (3, 2)}, "data.synthetic.motifs_per_sequence must be"),
+    ],
+)
+def test_synthetic_rejects_bad_settings_with_a_one_line_user_error(kwargs, message):
+    # a config the schema lets through (data.classes may hold 7, translocases)
+    settings = {"n_per_class": 5, "min_length": 60, "max_length": 80, "seed": 0, **kwargs}
+    with pytest.raises(SyntheticError, match=f"^{message}") as err:
+        generate_synthetic(**settings)
+    assert isinstance(err.value, UserError) and isinstance(err.value, ValueError)
+    assert "\n" not in str(err.value)
 
 
 def test_trivial_motif_classifier_high_but_not_perfect():

@@ -6,7 +6,10 @@ import argparse
 import io
 import json
 import random
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -670,6 +673,18 @@ def test_fetch_esm_checkpoint_rejects_wrong_content(server, tmp_path):
 def test_fetch_esm_checkpoint_rejects_odd_names(tmp_path):
     with pytest.raises(DownloadError, match="not a plain model name"):
         fetch_esm_checkpoint("../evil", tmp_path, base_url="http://127.0.0.1:1")
+
+
+def test_release_name_pattern_matches_exactly_the_release_names():
+    assert release.RELEASE_NAME_PATTERN == r"esm2_t(6_8M|12_35M|30_150M|33_650M|36_3B|48_15B)_UR50D"
+    for name in release.RELEASE_NAMES:
+        assert re.fullmatch(release.RELEASE_NAME_PATTERN, name)
+    for name in ("tiny", "esm2_t6_8M_UR50D.pt", "esm2_t7_8M_UR50D", "esm1b_t33_650M_UR50S"):
+        assert not re.fullmatch(release.RELEASE_NAME_PATTERN, name)
+    # the Snakefile imports the names while it is parsed: no torch for that
+    code = "import sys, kneurons.model.release; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_default_urls():

@@ -1,5 +1,5 @@
-"""`stats.effective_masks` against the model itself: a kept unit (weight) it calls effective
-changes the classifier's logits when it is pruned as well; one it does not call effective
+"""`analysis.stats.effective_masks` against the model itself: a kept unit (weight) it calls
+effective changes the classifier's logits when it is pruned as well; one it does not call effective
 leaves them unchanged."""
 
 import numpy as np

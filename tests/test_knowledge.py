@@ -8,25 +8,16 @@ from torch import nn
 
 from kneurons.analysis import knowledge
 from kneurons.analysis.knowledge import (
-    attribution_matrix,
-    best_motifs,
     class_effects,
     effect_table,
-    effect_test,
-    empirical_p,
     knowledge_neurons,
     matched_sets,
     matched_units_by_class,
     motif_auroc,
-    own_motif_share,
-    placement_counts,
     scale_masks,
     scaled,
-    sequence_attributions,
-    specificity,
     token_activations,
     units_by_class,
-    units_of,
 )
 from kneurons.attribution.engine import activation_scores, ig_scores
 from kneurons.model.esm import ALPHABET, MODULES, EnzymeClassifier, build_tiny_esm2, encode, linear
@@ -41,9 +32,6 @@ def test_per_sequence_ig_averages_to_the_default(tiny_classifier, sequences, lab
     for key in default:
         assert rows[key].shape == (len(sequences), len(default[key]))
         torch.testing.assert_close(rows[key].mean(0), default[key], rtol=0, atol=1e-12)
-    frame = sequence_attributions(tiny_classifier, sequences, labels, [0, 1], ["fc2"], **options)
-    assert frame.shape == (len(sequences), 2 * 32)
-    np.testing.assert_array_equal(frame[(1, "fc2")].to_numpy(), rows[(1, "fc2")].numpy())
     # input order, although batches are length-sorted: row 2 is sequence 2 alone
     alone = ig_scores(tiny_classifier, sequences[2:3], labels[2:3], 1, ["fc1"], **options)
     torch.testing.assert_close(rows[(1, "fc1")][2], alone[(1, "fc1")], rtol=1e-6, atol=1e-10)
@@ -68,16 +56,6 @@ def test_per_sequence_needs_unit_granularity(tiny_classifier, sequences, labels)
         activation_scores(
             tiny_classifier, sequences, ["fc1"], granularity="weight", per_sequence=True
         )
-
-
-def test_attribution_matrix_columns_are_units():
-    frame = attribution_matrix({(0, "fc1"): torch.ones(3, 2), (1, "q_proj"): torch.zeros(3, 1)})
-    assert frame.shape == (3, 3)
-    assert units_of(frame).to_dict("records") == [
-        {"layer": 0, "module": "fc1", "unit": 0},
-        {"layer": 0, "module": "fc1", "unit": 1},
-        {"layer": 1, "module": "q_proj", "unit": 0},
-    ]
 
 
 # --- knowledge neurons ------------------------------------------------------------------------
@@ -120,8 +98,9 @@ def test_knowledge_neurons_threshold_and_share_boundaries():
 
 
 def test_knowledge_neurons_cap_by_share_then_mean_attribution():
-    frame = pd.DataFrame(ATTRIBUTIONS, columns=pd.MultiIndex.from_frame(UNITS))
-    capped = knowledge_neurons(frame, LABELS, ["a", "b"], share=0.25, max_count=2)
+    capped = knowledge_neurons(
+        ATTRIBUTIONS, LABELS, ["a", "b"], units=UNITS, share=0.25, max_count=2
+    )
     assert kn_units(capped, "a") == [(0, "fc1", 0), (1, "fc2", 0)]
     # class b: units 3 (share 1) then 2 (share 1/2); equal shares fall back on the mean
     tied = np.array([[1.0, 2.0, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0]])
@@ -134,15 +113,6 @@ def test_knowledge_neurons_checks_shapes():
         knowledge_neurons(ATTRIBUTIONS, LABELS, ["a"])
     with pytest.raises(ValueError, match="labels"):
         knowledge_neurons(ATTRIBUTIONS, LABELS[:2], ["a"], units=UNITS)
-
-
-def test_placement_counts_fill_zeros():
-    table = knowledge_neurons(ATTRIBUTIONS, LABELS, ["a", "b"], units=UNITS)
-    counts = placement_counts(table, classes=["a", "b"], units=UNITS)
-    assert len(counts) == 4  # 2 classes x 2 cells
-    lookup = counts.set_index(["class", "layer", "module"])["count"]
-    assert lookup[("a", 0, "fc1")] == 1 and lookup[("a", 1, "fc2")] == 1
-    assert lookup[("b", 0, "fc1")] == 0 and lookup[("b", 1, "fc2")] == 1
 
 
 # --- suppress / amplify -----------------------------------------------------------------------
@@ -254,12 +224,11 @@ def test_effect_matrix_of_a_unit_wired_to_one_class():
     assert effects["accuracy"].loc[2, [1, 3]].tolist() == [0.0, 0.0]
     amplified = class_effects(model, test, [1, 2, 3], {2: wired}, 2.0)["p_true"]
     assert amplified.loc[2, 2] >= 0 and amplified.loc[2, [1, 3]].abs().max() < 1e-6
-    assert specificity(p_true)[2] == pytest.approx(p_true.loc[2, 2], abs=1e-6)
     long = effect_table(effects)
     assert len(long) == 2 * 9 and set(long["quantity"]) == {"p_true", "accuracy"}
 
 
-# --- matched random sets and the test against them ---------------------------------------------
+# --- matched random sets -----------------------------------------------------------------------
 
 
 def all_units():
@@ -293,32 +262,6 @@ def test_matched_sets_have_exactly_the_per_cell_counts():
         )
 
 
-def matrix(values):
-    frame = pd.DataFrame(values, index=[1, 2], columns=[1, 2], dtype=float)
-    frame.index.name, frame.columns.name = "neuron_class", "sequence_class"
-    return frame
-
-
-def test_specificity_and_empirical_p():
-    observed = matrix([[-0.5, -0.1], [0.0, -0.2]])
-    assert specificity(observed).tolist() == pytest.approx([-0.4, -0.2])
-    random = [matrix([[-0.1, 0.0], [0.0, -0.3]]), matrix([[-0.6, 0.0], [0.0, 0.0]])]
-    result = effect_test(observed, random, 0.0).set_index("class")
-    # class 1: specificity -0.4; random -0.1 and -0.6: one at least as negative -> (1+1)/3
-    assert result.loc[1, "p_specificity"] == pytest.approx(2 / 3)
-    assert result.loc[1, "random_specificity_mean"] == pytest.approx(-0.35)
-    # class 2: -0.2 against -0.3 and 0.0 -> (1 + 1) / 3; own effect -0.2 vs -0.3, 0.0 likewise
-    assert result.loc[2, "p_own"] == pytest.approx(2 / 3)
-    assert result.loc[1, "own_effect"] == -0.5 and result.loc[1, "k"] == 2
-    amplified = effect_test(-observed, [-m for m in random], 2.0).set_index("class")
-    assert amplified["p_specificity"].tolist() == result["p_specificity"].tolist()
-    assert empirical_p(-1.0, [0.0, 0.5, np.nan], "less") == pytest.approx(1 / 3)
-    assert empirical_p(1.0, [1.0, 0.5], "greater") == pytest.approx(2 / 3)
-    assert effect_test(observed, [], 0.0)["p_own"].tolist() == [1.0, 1.0]
-    with pytest.raises(ValueError):
-        effect_test(observed, random, 1.0)
-
-
 # --- motif detectors --------------------------------------------------------------------------
 
 
@@ -349,8 +292,6 @@ def test_motif_auroc_counts_residues_after_bos():
     assert zincin[2] == pytest.approx(pairwise_auroc(noise[1:-1], positive))
     assert table[table["motif"] == "enolase"]["auroc"].isna().all()  # no positive residue
     assert set(table["n_positive"]) == {5, 0}
-    best = best_motifs(table)
-    assert best["best_motif"].tolist() == ["zincin_hexxh"] * 3
     # a decoy occurrence of the motif, left out of both classes when only true motifs count
     decoy = "zincin_hexxh:3:8:true;zincin_hexxh:10:15:decoy"
     only_true = motif_auroc(activations, [decoy], ["zincin_hexxh"], units, kinds=("true",))
@@ -381,24 +322,6 @@ def test_token_activations_follow_input_order_and_skip_padding(tiny_classifier, 
         np.testing.assert_allclose(tokens[:, 0], seen["fc1"].numpy(), rtol=1e-6, atol=1e-9)
     cut = token_activations(tiny_classifier, sequences, units, max_length=5)
     assert [len(t) for t in cut] == [min(len(s), 5) + 2 for s in sequences]
-
-
-def test_own_motif_share_splits_own_other_and_none():
-    kn = pd.DataFrame(
-        {"class": [3, 3, 3, 3], "layer": [0, 0, 0, 1], "module": ["fc1"] * 4, "unit": [0, 1, 2, 0]}
-    )
-    best = pd.DataFrame(
-        {
-            "layer": [0, 0, 0],
-            "module": ["fc1"] * 3,
-            "unit": [0, 1, 2],
-            "best_motif": ["zincin_hexxh", "enolase", "trypsin_his"],
-            "best_auroc": [0.9, 0.8, 0.4],
-        }
-    )
-    shares = own_motif_share(kn, best).set_index("class")
-    assert shares.loc[3, "n_neurons"] == 4
-    assert shares.loc[3, ["own_share", "other_share", "none_share"]].tolist() == [0.25, 0.25, 0.5]
 
 
 def test_units_by_class_splits_the_table():

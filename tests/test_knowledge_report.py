@@ -1,4 +1,4 @@
-"""Tests for kneurons.knowledge_report on constructed per-seed tables (3 seeds x 3 classes)."""
+"""Tests for kneurons.reporting.knowledge on constructed per-seed tables (3 seeds x 3 classes)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@ import esm
 import pytest
 import torch
 
+from kneurons.errors import UserError
+from kneurons.io import CheckpointError, load_checkpoint
 from kneurons.model.esm import (
     MODULES,
     EnzymeClassifier,
@@ -48,11 +50,82 @@ def test_checkpoint_in_fair_esm_format_round_trips(tmp_path):
     assert alphabet.padding_idx == ours.padding_idx
 
 
-def test_bad_checkpoint_is_a_one_line_error(tmp_path):
-    bad = tmp_path / "esm2_bad.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="esm2_bad.pt: not a readable fair-esm checkpoint"):
-        load_esm_checkpoint(bad)
+def _one_line_user_error(err, path, problem):
+    assert isinstance(err.value, UserError) and isinstance(err.value, ValueError)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(f"{path}: {problem}")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"not a checkpoint", b"", "cut short", "a list", "no cfg", "cfg is not ESM-2's", "weights"],
+)
+def test_bad_checkpoint_is_a_one_line_user_error(tmp_path, bad):
+    path = tmp_path / "esm2_bad.pt"
+    problem = "not a readable fair-esm checkpoint"
+    if isinstance(bad, bytes):
+        path.write_bytes(bad)
+    elif bad == "cut short":  # a copy or download that stopped part way
+        good = tmp_path / "esm2_good.pt"
+        save_esm_checkpoint(build_tiny_esm2(1, 16, 2, seed=0), good)
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif bad == "a list":
+        torch.save([1, 2], path)
+        problem = "not a fair-esm checkpoint (needs keys 'model' and 'cfg')"
+    elif bad == "no cfg":
+        torch.save({"model": {}}, path)
+        problem = "not a fair-esm checkpoint (needs keys 'model' and 'cfg')"
+    elif bad == "cfg is not ESM-2's":
+        torch.save({"model": {}, "cfg": {"model": {"layers": 2}}}, path)
+        problem = "not a fair-esm ESM-2 checkpoint (AttributeError"
+    else:  # a layer's weights missing
+        save_esm_checkpoint(build_tiny_esm2(1, 16, 2, seed=0), path)
+        data = torch.load(path, weights_only=False)
+        del data["model"][next(iter(data["model"]))]
+        torch.save(data, path)
+        problem = "not a fair-esm ESM-2 checkpoint (RuntimeError: Error(s) in loading"
+    with pytest.raises(CheckpointError) as err:
+        load_esm_checkpoint(path)
+    _one_line_user_error(err, path, problem)
+
+
+def test_bad_contact_regression_is_a_one_line_user_error(tmp_path):
+    path = tmp_path / "esm2_tiny.pt"
+    save_esm_checkpoint(build_tiny_esm2(1, 16, 2, seed=0), path)
+    regression_path(path).write_bytes(regression_path(path).read_bytes()[:100])
+    with pytest.raises(CheckpointError) as err:
+        load_esm_checkpoint(path)
+    _one_line_user_error(err, regression_path(path), "not a readable fair-esm contact regression")
+
+
+@pytest.mark.parametrize("bad", ["cut short", "a fair-esm checkpoint", "other shapes"])
+def test_bad_classifier_file_is_a_one_line_user_error(tmp_path, bad):
+    good = tmp_path / "model.pt"
+    save_classifier(EnzymeClassifier(build_tiny_esm2(1, 16, 2, seed=0), 3), [1, 2, 3], 50, good)
+    path = tmp_path / "bad.pt"
+    if bad == "cut short":
+        path.write_bytes(good.read_bytes()[:-200])
+        problem = "not a readable classifier"
+    elif bad == "a fair-esm checkpoint":
+        save_esm_checkpoint(build_tiny_esm2(1, 16, 2, seed=0), path)
+        problem = "not a saved classifier (needs keys esm_config, classes, max_length, state_dict)"
+    else:
+        payload = torch.load(good, weights_only=True)
+        payload["esm_config"]["embed_dim"] = 32
+        torch.save(payload, path)
+        problem = "not a saved classifier (RuntimeError: Error(s) in loading state_dict"
+    with pytest.raises(CheckpointError) as err:
+        load_classifier(path)
+    _one_line_user_error(err, path, problem)
+
+
+def test_truncated_file_is_a_one_line_user_error_of_load_checkpoint(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"model": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    _one_line_user_error(err, path, "not a readable checkpoint (")
 
 
 def test_classifier_matches_esm2_forward_and_round_trips(tmp_path, tiny_classifier):

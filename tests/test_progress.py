@@ -69,7 +69,7 @@ def test_frozen_restores_requires_grad(tiny_classifier):
 
 def test_cuda_determinism_is_requested():
     code = (
-        "import os, torch; from kneurons.model import request_determinism; "
+        "import os, torch; from kneurons.model.esm import request_determinism; "
         "request_determinism(); "
         "print(torch.are_deterministic_algorithms_enabled(), "
         "torch.is_deterministic_algorithms_warn_only_enabled(), "

@@ -1,4 +1,5 @@
-"""Tests for kneurons.report and kneurons.plots on planted per-seed evaluation tables."""
+"""Tests for kneurons.reporting.pruning and kneurons.reporting.plots on planted per-seed
+evaluation tables."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""kneurons.stats against hand-computed cases and brute-force enumeration."""
+"""kneurons.analysis.stats against hand-computed cases and brute-force enumeration."""
 
 import itertools
 import math
@@ -13,7 +13,6 @@ from kneurons.analysis.stats import (
     bootstrap_ci,
     bootstrap_means,
     effective_masks,
-    enrichment_p,
     holm,
     hypergeom_pmf,
     mean_interval,
@@ -152,11 +151,13 @@ def sum_distribution(first, second):
 
 
 @pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
-def test_enrichment_p_equals_enumeration(alternative):
+def test_one_seed_enrichment_p_equals_enumeration(alternative):
     distribution = brute_force_distribution(3, 4, 8)  # 70 selections
     for k in range(4):
         expected = brute_force_p(distribution, k, alternative)
-        assert enrichment_p(k, 3, 4, 8, alternative) == pytest.approx(expected, rel=1e-12)
+        assert pooled_enrichment_p([k], [3], [4], [8], alternative) == pytest.approx(
+            expected, rel=1e-12
+        )
 
 
 @pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
@@ -177,21 +178,21 @@ def test_enrichment_at_model_scale():
     assert pmf.sum() == pytest.approx(1, abs=1e-15)
     assert len(pmf) < 10_000  # the underflowed tails are dropped
     far = 4224 + 400  # about 7 standard deviations above the mean
-    single = enrichment_p(far, n_type, n_kept, n_total)
+    single = pooled_enrichment_p([far], [n_type], [n_kept], [n_total])
     assert single == pytest.approx(sps.hypergeom.sf(far - 1, n_total, n_type, n_kept), rel=1e-9)
     assert 0 < single < 1e-10
     pooled = pooled_enrichment_p([far] * 5, [n_type] * 5, [n_kept] * 5, [n_total] * 5)
     assert 0 < pooled < single
-    assert enrichment_p(0, n_type, n_kept, n_total) == 1.0
+    assert pooled_enrichment_p([0], [n_type], [n_kept], [n_total]) == 1.0
 
 
 def test_enrichment_rejects_impossible_counts():
     with pytest.raises(ValueError, match="impossible"):
-        enrichment_p(4, 3, 4, 8)
+        pooled_enrichment_p([4], [3], [4], [8])
     with pytest.raises(ValueError, match="n_total"):
-        enrichment_p(1, 9, 4, 8)
+        pooled_enrichment_p([1], [9], [4], [8])
     with pytest.raises(ValueError, match="alternative"):
-        enrichment_p(1, 3, 4, 8, "both")
+        pooled_enrichment_p([1], [3], [4], [8], "both")
     with pytest.raises(ValueError, match="same"):
         pooled_enrichment_p([1, 2], [3], [4], [8])
 

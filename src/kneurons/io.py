@@ -1,4 +1,5 @@
-"""Atomic writes: a reader never sees a half-written file, a failed write leaves nothing."""
+"""Atomic writes (a reader never sees a half-written file, a failed write leaves nothing), and
+reading back JSON and torch checkpoints (a bad checkpoint is a one-line CheckpointError)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+
+from kneurons.errors import UserError
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint file that cannot be read (cut short, not torch's format) or is not what it
+    should be (a fair-esm checkpoint, a saved classifier); one line naming the file."""
+
+
+def describe(err: BaseException, limit: int = 300) -> str:
+    """`err` as one line: its type and message, whitespace collapsed, at most `limit` chars."""
+    message = " ".join(str(err).split())
+    return f"{type(err).__name__}: {message}"[:limit] if message else type(err).__name__
 
 
 @contextmanager
@@ -52,12 +66,16 @@ def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 
 
-def load_checkpoint(path: str | os.PathLike):
+def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint"):
     """torch.load with weights_only (no code runs from the file), on the CPU; fair-esm
-    checkpoints also hold an argparse.Namespace, which is allowed."""
+    checkpoints also hold an argparse.Namespace, which is allowed. A file torch cannot read
+    raises CheckpointError "{path}: not a readable {what} (...)"."""
     import argparse
 
     import torch  # lazy: the data steps should not pay for importing torch
 
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file (even KeyError, EOFError)
+        raise CheckpointError(f"{path}: not a readable {what} ({describe(err)})") from None

@@ -31,11 +31,11 @@ from kneurons.data.tables import read_labelled
 from kneurons.io import write_tsv
 from kneurons.model import train
 from kneurons.model.esm import EnzymeClassifier, esm_config, load_classifier, pick_device
+from kneurons.model.units import GLOBAL
 from kneurons.settings import SweepSettings
 
 log = logging.getLogger(__name__)
 
-GLOBAL = "global"
 # selections that are one model each (the others are draws, reported by their mean)
 SINGLE_MODELS = ("full", "scored")
 RESULT_COLUMNS = [

@@ -9,7 +9,7 @@
   "this residue lies in a motif of that type".
 
 Unit tables have columns layer, module, unit. Classes are the values of `classes` (EC classes),
-not head positions. Across-seed statistics belong to `kneurons.stats`.
+not head positions. Across-seed statistics belong to `kneurons.reporting.knowledge`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
-from kneurons.attribution.engine import ig_scores, length_sorted_batches, scoring_subset
+from kneurons.attribution.engine import length_sorted_batches, scoring_subset
 from kneurons.data.motifs import MOTIF_KINDS, MOTIFS, parse_motifs
 from kneurons.data.tables import read_labelled
 from kneurons.io import write_tsv
@@ -35,57 +35,22 @@ from kneurons.model.esm import (
     pick_device,
 )
 from kneurons.model.train import predict_proba
+from kneurons.model.units import INTERVENTIONS, UNIT_COLUMNS
 from kneurons.settings import KnowledgeSettings
 
 log = logging.getLogger(__name__)
 
-UNIT_COLUMNS = ["layer", "module", "unit"]
 KN_COLUMNS = ["class", "layer", "module", "unit", "share", "mean_attribution"]
 EFFECT_QUANTITIES = ("p_true", "accuracy")
 # a share x n that is an integer can miss it by an ulp in floating point
 _SHARE_TOLERANCE = 1e-12
 
 
-# --- per-sequence attributions and knowledge neurons ------------------------------------------
-
-
-def attribution_matrix(per_sequence: Mapping[tuple[int, str], torch.Tensor]) -> pd.DataFrame:
-    """Per-sequence attributions {(layer, module): (n_sequences, units)} as one frame
-    (n_sequences, n_units) whose columns are a (layer, module, unit) MultiIndex."""
-    blocks, keys = [], []
-    for (layer, module), values in per_sequence.items():
-        values = torch.as_tensor(values).double().cpu().numpy()
-        blocks.append(values)
-        keys += [(int(layer), str(module), unit) for unit in range(values.shape[1])]
-    columns = pd.MultiIndex.from_tuples(keys, names=UNIT_COLUMNS)
-    return pd.DataFrame(np.concatenate(blocks, axis=1), columns=columns)
-
-
-def sequence_attributions(
-    model: EnzymeClassifier,
-    sequences: Sequence[str],
-    labels: Sequence[int],
-    layers: Sequence[int],
-    modules: Sequence[str],
-    **ig_options,
-) -> pd.DataFrame:
-    """Per-sequence IG attributions of every unit of `modules` in `layers`
-    (`attribution_matrix`); `labels` are head positions, `ig_options` go to `ig_scores`."""
-    per_sequence = {}
-    for layer in layers:
-        per_sequence |= ig_scores(
-            model, sequences, labels, layer, modules, per_sequence=True, **ig_options
-        )
-    return attribution_matrix(per_sequence)
-
-
-def units_of(attributions: pd.DataFrame) -> pd.DataFrame:
-    """The unit table (layer, module, unit) of an `attribution_matrix` frame's columns."""
-    return attributions.columns.to_frame(index=False)[UNIT_COLUMNS]
+# --- knowledge neurons -------------------------------------------------------------------------
 
 
 def knowledge_neurons(
-    attributions: pd.DataFrame | np.ndarray,
+    attributions: np.ndarray,
     labels: Sequence,
     classes: Sequence,
     threshold: float = 0.2,
@@ -97,11 +62,11 @@ def knowledge_neurons(
     """Knowledge neurons of each class (KN_COLUMNS, classes in the order of `classes`, each
     class's neurons by share then mean attribution, descending).
 
-    `attributions` (n_sequences, n_units): an `attribution_matrix` frame, or an array with its
-    `units` table. A unit is a knowledge neuron of class c when its attribution is above
-    `threshold` x the sequence's largest attribution (over all units) in at least `share` of the
-    class-c sequences (`labels`, values of `classes`). A sequence whose largest attribution is
-    not positive supports no unit. `max_count` keeps each class's top units by (share, mean
+    `attributions` (n_sequences, n_units), with its `units` table (a row per column). A unit
+    is a knowledge neuron of class c when its attribution is above `threshold` x the
+    sequence's largest attribution (over all units) in at least `share` of the class-c sequences
+    (`labels`, values of `classes`). A sequence whose largest attribution is not positive
+    supports no unit. `max_count` keeps each class's top units by (share, mean
     attribution over the class's sequences).
     """
     values, units = _values_and_units(attributions, units)
@@ -130,33 +95,12 @@ def knowledge_neurons(
 
 
 def _values_and_units(attributions, units) -> tuple[np.ndarray, pd.DataFrame]:
-    if isinstance(attributions, pd.DataFrame):
-        if units is None:
-            units = units_of(attributions)
-        attributions = attributions.to_numpy(dtype=float)
     values = np.asarray(attributions, dtype=float)
     if units is None:
         raise ValueError("an attribution array needs its `units` table (layer, module, unit)")
     if values.ndim != 2 or values.shape[1] != len(units):
         raise ValueError(f"attributions of shape {values.shape} for {len(units)} units")
     return values, units[UNIT_COLUMNS].reset_index(drop=True)
-
-
-def placement_counts(
-    kn_table: pd.DataFrame, classes: Sequence | None = None, units: pd.DataFrame | None = None
-) -> pd.DataFrame:
-    """Knowledge neurons per class and (layer, module): class, layer, module, count. Zero rows
-    for every class of `classes` (default: those in the table) and every cell of `units`
-    (default: the cells in the table)."""
-    classes = list(dict.fromkeys(kn_table["class"])) if classes is None else list(classes)
-    cells_from = kn_table if units is None else units
-    cells = list(cells_from[["layer", "module"]].drop_duplicates().itertuples(index=False))
-    grid = pd.MultiIndex.from_tuples(
-        [(c, layer, module) for c in classes for layer, module in cells],
-        names=["class", "layer", "module"],
-    )
-    counts = kn_table.groupby(["class", "layer", "module"]).size()
-    return counts.reindex(grid, fill_value=0).rename("count").reset_index()
 
 
 def units_by_class(kn_table: pd.DataFrame) -> dict:
@@ -173,7 +117,7 @@ def units_by_class(kn_table: pd.DataFrame) -> dict:
 def scale_masks(
     model: EnzymeClassifier, units: pd.DataFrame, factor: float
 ) -> dict[tuple[int, str], torch.Tensor]:
-    """Float masks for `model.ablated`: ones, and `factor` at `units` (0 suppresses, 2
+    """Float masks for `model.esm.ablated`: ones, and `factor` at `units` (0 suppresses, 2
     amplifies). `ablated` applies them in float32, so a factor is exact only if float32 has it."""
     masks = {}
     for (layer, module), group in units.groupby(["layer", "module"], sort=False):
@@ -230,7 +174,9 @@ def class_effects(
         for quantity, after, before in zip(EFFECT_QUANTITIES, scaled, base, strict=True):
             change = pd.Series(after - before).groupby(seq_classes).mean()
             rows[quantity][c] = change.reindex(list(classes))
-    return {quantity: _effect_matrix(rows[quantity], classes) for quantity in EFFECT_QUANTITIES}
+    return {
+        quantity: _class_effect_frame(rows[quantity], classes) for quantity in EFFECT_QUANTITIES
+    }
 
 
 def _p_true_and_correct(probs: torch.Tensor, y_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +185,8 @@ def _p_true_and_correct(probs: torch.Tensor, y_true: np.ndarray) -> tuple[np.nda
     return p_true, (probs.argmax(-1) == y_true).astype(float)
 
 
-def _effect_matrix(rows: Mapping, classes: Sequence) -> pd.DataFrame:
+def _class_effect_frame(rows: Mapping, classes: Sequence) -> pd.DataFrame:
+    """One seed's effects {neuron class: Series by sequence class} as a labelled frame."""
     matrix = pd.DataFrame({c: rows[c] for c in classes}).T.astype(float)
     matrix.index.name, matrix.columns.name = "neuron_class", "sequence_class"
     return matrix
@@ -263,7 +210,7 @@ def matched_sets(
 ) -> list[pd.DataFrame]:
     """`k` random unit tables with exactly `kn_units`' count in every (layer, module) cell,
     drawn without replacement from that cell's units in `all_units` (knowledge neurons
-    included: a uniform draw, like `evaluation.matched_random`)."""
+    included: a uniform draw, like `analysis.evaluation.matched_random`)."""
     counts = kn_units.groupby(["layer", "module"]).size()
     pools = {
         (int(layer), str(module)): group[UNIT_COLUMNS].reset_index(drop=True)
@@ -293,75 +240,6 @@ def matched_units_by_class(
     """`k` draws of {class: `matched_sets` of that class's units}: one `class_effects` run each."""
     per_class = {c: matched_sets(units, all_units, rng, k) for c, units in units_by_class.items()}
     return [{c: sets[draw] for c, sets in per_class.items()} for draw in range(k)]
-
-
-def specificity(matrix: pd.DataFrame) -> pd.Series:
-    """Per class c (row): the effect on class c's sequences minus the mean effect on the other
-    classes' sequences (NaN columns skipped)."""
-    values = {}
-    for c in matrix.index:
-        others = matrix.loc[c, [col for col in matrix.columns if col != c]]
-        values[c] = matrix.loc[c, c] - others.mean()
-    return pd.Series(values, name="specificity", dtype=float).rename_axis("class")
-
-
-def empirical_p(observed: float, random: Sequence[float], direction: str) -> float:
-    """One-sided (1 + #random at least as extreme) / (K + 1); `direction` "less" (a smaller
-    value is more extreme) or "greater". NaN random values are dropped; NaN if observed is."""
-    random = np.asarray(random, dtype=float)
-    random = random[~np.isnan(random)]
-    if np.isnan(observed):
-        return np.nan
-    if direction == "less":
-        extreme = random <= observed
-    elif direction == "greater":
-        extreme = random >= observed
-    else:
-        raise ValueError(f"unknown direction {direction!r}; expected 'less' or 'greater'")
-    return float((1 + extreme.sum()) / (len(random) + 1))
-
-
-def effect_test(
-    observed: pd.DataFrame, random: Sequence[pd.DataFrame], factor: float
-) -> pd.DataFrame:
-    """Per class: the knowledge neurons' own-class effect and specificity, the means over the
-    matched-random effect matrices `random`, and empirical one-sided p-values (`empirical_p`).
-    The expected direction: down when `factor` < 1 (suppression), up when > 1 (amplification).
-    One quantity's matrices (e.g. `class_effects(...)["p_true"]`), one seed."""
-    if factor == 1:
-        raise ValueError("factor 1 leaves the model unchanged: nothing to test")
-    direction = "less" if factor < 1 else "greater"
-    classes = list(observed.index)
-    own, spec = _own_effect(observed, classes), specificity(observed).reindex(classes)
-    # (K, classes); K = 0 gives p = 1 and NaN means
-    random_own = np.array([_own_effect(m, classes) for m in random]).reshape(-1, len(classes))
-    random_spec = np.array([specificity(m).reindex(classes) for m in random])
-    random_spec = random_spec.reshape(-1, len(classes))
-    return pd.DataFrame(
-        {
-            "class": classes,
-            "own_effect": own,
-            "specificity": spec.to_numpy(),
-            "random_own_mean": _column_means(random_own),
-            "random_specificity_mean": _column_means(random_spec),
-            "p_own": [empirical_p(own[i], random_own[:, i], direction) for i in range(len(own))],
-            "p_specificity": [
-                empirical_p(spec.iloc[i], random_spec[:, i], direction) for i in range(len(own))
-            ],
-            "k": len(random),
-        }
-    )
-
-
-def _own_effect(matrix: pd.DataFrame, classes: Sequence) -> np.ndarray:
-    return np.array([matrix.loc[c, c] for c in classes], dtype=float)
-
-
-def _column_means(values: np.ndarray) -> np.ndarray:
-    """Column means skipping NaN; NaN (without a warning) for a column with no number."""
-    counts = (~np.isnan(values)).sum(axis=0)
-    sums = np.nansum(values, axis=0)
-    return np.divide(sums, counts, out=np.full(values.shape[1], np.nan), where=counts > 0)
 
 
 # --- motif detectors ---------------------------------------------------------------------------
@@ -491,49 +369,7 @@ def _auroc(
     return u / (n_pos * n_neg)
 
 
-def best_motifs(auroc_table: pd.DataFrame) -> pd.DataFrame:
-    """Each unit's best motif (highest AUROC; ties: first motif) and that AUROC: layer, module,
-    unit, best_motif, best_auroc. Units with only NaN AUROCs get no motif (None, NaN)."""
-    scored = auroc_table.dropna(subset=["auroc"])
-    best = scored.loc[scored.groupby(UNIT_COLUMNS, sort=False)["auroc"].idxmax()]
-    best = best.rename(columns={"motif": "best_motif", "auroc": "best_auroc"})
-    units = auroc_table[UNIT_COLUMNS].drop_duplicates()
-    return units.merge(best[[*UNIT_COLUMNS, "best_motif", "best_auroc"]], how="left").astype(
-        {"best_motif": object}
-    )
-
-
-def own_motif_share(
-    kn_table: pd.DataFrame,
-    best: pd.DataFrame,
-    motif_class: Mapping[str, int] | None = None,
-    *,
-    min_auroc: float = 0.5,
-) -> pd.DataFrame:
-    """Per class c: of its knowledge neurons, the share whose best motif (`best_motifs`) is
-    one of class c's motifs (own_share), one of another class's (other_share: in class-c
-    sequences such motifs occur only as decoys) and none (no AUROC above `min_auroc`, or the
-    unit was not scored: none_share). Columns: class, n_neurons, own_share, other_share,
-    none_share. `motif_class`: motif name -> class, default `data.MOTIFS`."""
-    if motif_class is None:
-        motif_class = {name: cls for name, (cls, _) in MOTIFS.items()}
-    table = kn_table.merge(best, on=UNIT_COLUMNS, how="left")
-    detects = table["best_auroc"].to_numpy(dtype=float) > min_auroc
-    owner = table["best_motif"].map(motif_class)
-    table = table.assign(
-        own=detects & (owner == table["class"]).to_numpy(),
-        other=detects & owner.notna().to_numpy() & (owner != table["class"]).to_numpy(),
-    )
-    table["none"] = ~(table["own"] | table["other"])
-    shares = table.groupby("class", sort=False)[["own", "other", "none"]].mean()
-    shares.columns = ["own_share", "other_share", "none_share"]
-    counts = table.groupby("class", sort=False).size().rename("n_neurons")
-    return pd.concat([counts, shares], axis=1).reset_index()
-
-
 # --- one seed's analysis, as the workflow runs it -----------------------------------------------
-
-INTERVENTIONS = {"suppress": 0.0, "amplify": 2.0}
 
 
 def class_subset(table: pd.DataFrame, max_sequences: int, seed: int) -> pd.DataFrame:

@@ -159,15 +159,6 @@ def tail_p(offset: int, pmf: np.ndarray, k: int, alternative: str = "greater") -
     return float(min(p, 1.0))  # rounding can push a sum of all terms past 1
 
 
-def enrichment_p(
-    k: int, n_type: int, n_kept: int, n_total: int, alternative: str = "greater"
-) -> float:
-    """Exact p-value of keeping `k` of the `n_type` units of a module type when `n_kept` of
-    `n_total` units are kept, against a uniformly random selection of the same size
-    (hypergeometric). "greater": enrichment, "less": depletion."""
-    return pooled_enrichment_p([k], [n_type], [n_kept], [n_total], alternative)
-
-
 def pooled_enrichment_p(
     ks: Sequence[int],
     n_types: Sequence[int],
@@ -176,7 +167,9 @@ def pooled_enrichment_p(
     alternative: str = "greater",
 ) -> float:
     """Exact p-value of the sum of `ks` over seeds (one entry per seed), each k an independent
-    hypergeometric (see enrichment_p): one p per method, ratio and module type. The pmf of
+    hypergeometric: keeping k of the n_type units of a module type when n_kept of n_total units
+    are kept, against a uniformly random selection of the same size ("greater": enrichment,
+    "less": depletion). One p per method, ratio and module type. The pmf of
     the sum is the convolution of the seeds' pmfs, computed directly (sums of non-negative
     terms keep tiny tail probabilities accurate, which an FFT would not)."""
     if not len(ks) == len(n_types) == len(n_kepts) == len(n_totals) > 0:

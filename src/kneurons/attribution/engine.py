@@ -1,4 +1,12 @@
-"""attribution.engine (moved from kneurons.scoring)."""
+"""Scoring engines shared by the methods in `kneurons.attribution.methods`: activation
+magnitude, integrated gradients (IG), the scoring subset, batching and the scores table.
+
+A neuron is one output unit of a Linear module (`model.units.MODULES`) in one layer. IG follows
+Dai et al.: the module's whole output is scaled from 0 to its value; a unit's attribution is
+the sum over positions of output x path-averaged gradient of p(true class), averaged over
+sequences. The engine runs the layers below the scored one once per batch, puts the path
+steps in the batch dimension and takes one `autograd.grad` per chunk; weights never need grad.
+"""
 
 from __future__ import annotations
 

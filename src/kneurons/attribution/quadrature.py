@@ -1,4 +1,5 @@
-"""attribution.quadrature (moved from kneurons.scoring)."""
+"""The quadrature rules of integrated gradients: points and weights on [0, 1] for each rule of
+`IG_RULES`."""
 
 from __future__ import annotations
 

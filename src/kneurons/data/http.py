@@ -1,4 +1,10 @@
-"""data.http (moved from kneurons.download)."""
+"""Robust downloads over HTTP: retries with backoff, per-attempt deadlines, checked bodies and
+atomic output files.
+
+Every function here either produces a complete, checked output file or raises `DownloadError`
+with a one-line message and leaves nothing behind: output is written to a temporary file beside
+the target and renamed into place only once it is complete and verified (`kneurons.io`).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""data.motifs (moved from kneurons.data)."""
+"""PROSITE-style motifs: the patterns planted in synthetic sequences (per EC class), finding
+their occurrences, and the `motifs` column's "name:start:end:kind" entries (parse, format)."""
 
 from __future__ import annotations
 

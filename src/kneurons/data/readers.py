@@ -1,4 +1,6 @@
-"""data.readers (moved from kneurons.data)."""
+"""Reading a user's labelled sequences: TSV/CSV tables (delimiter sniffed, gzip allowed) and
+FASTA files with EC numbers in the headers, as the labelled table; bad input is a one-line
+`DataError` naming the file and record."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""data.synthetic (moved from kneurons.data)."""
+"""Synthetic enzyme-like sequences whose EC class is carried by planted motifs
+(`generate_synthetic`), with mutated and decoy motifs as noise and class-independent residue
+composition."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import itertools
 import numpy as np
 import pandas as pd
 
+from kneurons.config import ConfigError
 from kneurons.data.motifs import MOTIF_TOKENS, MOTIFS, find_motifs
 from kneurons.data.tables import COLUMNS, STANDARD_RESIDUES, Loaded, as_table
 
@@ -18,6 +21,11 @@ BACKGROUND_FREQUENCIES = {
     "L": 9.66, "K": 5.84, "M": 2.42, "F": 3.86, "P": 4.70,
     "S": 6.56, "T": 5.34, "W": 1.08, "Y": 2.92, "V": 6.87,
 }  # fmt: skip
+
+
+class SyntheticError(ConfigError, ValueError):
+    """data.synthetic settings (or data.classes) no synthetic table can satisfy; one line
+    naming the key. `generate_synthetic`'s arguments are those keys."""
 
 
 # One representative EC number per class for synthetic rows.
@@ -124,28 +132,33 @@ def _check_synthetic_args(
     mutation_rate: float,
     decoy_rate: float,
 ) -> None:
-    """Raise ValueError unless the arguments of `generate_synthetic` can be satisfied."""
+    """Raise SyntheticError unless the arguments of `generate_synthetic` can be satisfied."""
     lo, hi = motifs_per_sequence
     if n_per_class < 1:
-        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+        raise SyntheticError(f"data.synthetic.n_per_class must be >= 1, got {n_per_class}")
     if not classes or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be non-empty and distinct, got {classes}")
+        raise SyntheticError(f"data.classes must be non-empty and distinct, got {classes}")
     missing = [c for c in classes if c not in SYNTHETIC_EC]
     if missing:
-        raise ValueError(f"no synthetic motifs for EC class(es) {missing}; available 1-6")
+        raise SyntheticError(
+            f"data.classes: no synthetic motifs for EC class(es) {missing}; available 1-6"
+        )
     if not 1 <= lo <= hi:
-        raise ValueError(f"motifs_per_sequence must be (lo, hi) with 1 <= lo <= hi, got {(lo, hi)}")
+        raise SyntheticError(
+            f"data.synthetic.motifs_per_sequence must be [lo, hi] with 1 <= lo <= hi, "
+            f"got {[lo, hi]}"
+        )
     for label, rate in (("mutation_rate", mutation_rate), ("decoy_rate", decoy_rate)):
         if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"{label} must be in [0, 1], got {rate}")
+            raise SyntheticError(f"data.synthetic.{label} must be in [0, 1], got {rate}")
     # the shortest sequence must hold "M" plus the most motifs one sequence can get
     decoys_possible = decoy_rate > 0 and len(classes) > 1
     most_true = max(hi, 2) if decoys_possible else hi
     longest = max(len(t) for t in MOTIF_TOKENS.values())
     needed = 1 + (most_true + decoys_possible) * longest
     if min_length < needed or max_length < min_length:
-        raise ValueError(
-            f"lengths must satisfy {needed} <= min_length <= max_length "
+        raise SyntheticError(
+            f"data.synthetic: lengths must satisfy {needed} <= min_length <= max_length "
             f"(room for 'M' plus {most_true + decoys_possible} motifs of up to {longest} "
             f"residues), got min_length={min_length}, max_length={max_length}"
         )
@@ -248,9 +261,9 @@ def _build_sequence(rng, length, planted, max_restarts=200, max_fixes=50):
                     seq[pos] = res
                 continue
             break
-    raise ValueError(
-        f"could not place motifs {planted} in a sequence of length {length} without "
-        f"accidental motif occurrences; use longer sequences"
+    raise SyntheticError(
+        f"data.synthetic: could not place motifs {planted} in a sequence of length {length} "
+        "without accidental motif occurrences; raise min_length"
     )
 
 
@@ -400,7 +413,10 @@ def _build_balanced(rng, length, smallest, plan, max_plans=1000, max_restarts=20
             if made is not None:
                 break
         else:
-            raise ValueError(f"no motif plan fits residue counts {counts.tolist()}")
+            raise SyntheticError(
+                f"data.synthetic: no motif plan fits residue counts {counts.tolist()} "
+                f"(length {length}); raise min_length"
+            )
         instances, fixed_offsets, left = made
         pool = [r for r, n in zip(STANDARD_RESIDUES, left, strict=True) for _ in range(int(n))]
         pool = [pool[j] for j in rng.permutation(len(pool))]
@@ -434,9 +450,9 @@ def _build_balanced(rng, length, smallest, plan, max_plans=1000, max_restarts=20
             for pos in sorted(span):
                 other = int(free[rng.integers(len(free))])
                 seq[pos], seq[other] = seq[other], seq[pos]
-    raise ValueError(
-        f"could not place motifs in a sequence of length {length} without accidental motif "
-        "occurrences; use longer sequences"
+    raise SyntheticError(
+        f"data.synthetic: could not place motifs in a sequence of length {length} without "
+        "accidental motif occurrences; raise min_length"
     )
 
 

@@ -1,4 +1,16 @@
-"""data.tables (moved from kneurons.data)."""
+"""The labelled sequence table and its steps: columns, EC labels, filtering, capping and the
+stratified train/validation/test split; `DataError` for bad input.
+
+Every table has exactly the columns of `COLUMNS`:
+  id (str), sequence (str, uppercase), ec_numbers (str, EC numbers joined by ";"),
+  ec_class (int, top-level EC class; 0 = not assigned yet), motifs (str, "name:start:end:kind"
+  joined by ";", 0-based half-open positions: planted motifs of synthetic data; for real data
+  UniProt features or a user table's motif column, else "").
+
+Real data flows read_table / read_fasta (`data.readers`) -> assign_classes -> filter_sequences
+-> stratified_split; each step returns the dropped-row reasons as a Counter so the workflow
+can log them.
+"""
 
 from __future__ import annotations
 

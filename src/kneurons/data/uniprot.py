@@ -1,4 +1,6 @@
-"""data.uniprot (moved from kneurons.download)."""
+"""Labelled sequences from the UniProt REST API: reviewed entries per top-level EC class, every
+page checked complete, a seeded sample per class, and optionally their active sites, binding
+sites and motifs as the `motifs` column."""
 
 from __future__ import annotations
 

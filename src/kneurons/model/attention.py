@@ -105,9 +105,3 @@ def use_fused_attention(model: nn.Module, enabled: bool = True) -> nn.Module:
             del module.forward
             delattr(module, _FLAG)
     return model
-
-
-def fused_attention_enabled(model: nn.Module) -> bool:
-    """True if every attention module of `model` runs the fused forward."""
-    modules = attention_modules(model)
-    return bool(modules) and all(getattr(m, _FLAG, False) for m in modules)

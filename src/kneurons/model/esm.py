@@ -14,7 +14,7 @@ import torch
 from esm.model.esm2 import ESM2
 from torch import nn
 
-from kneurons.io import atomic_path, load_checkpoint
+from kneurons.io import CheckpointError, atomic_path, describe, load_checkpoint
 from kneurons.model.attention import use_fused_attention
 from kneurons.model.units import ATTENTION_MODULES, MODULES
 from kneurons.settings import TinyModelSettings
@@ -28,14 +28,6 @@ log = logging.getLogger(__name__)
 esm.modules.gelu = nn.functional.gelu
 
 ALPHABET = esm.data.Alphabet.from_architecture("ESM-1b")
-PRETRAINED = (
-    "esm2_t6_8M_UR50D",
-    "esm2_t12_35M_UR50D",
-    "esm2_t30_150M_UR50D",
-    "esm2_t33_650M_UR50D",
-    "esm2_t36_3B_UR50D",
-    "esm2_t48_15B_UR50D",
-)
 # fair-esm's loader prefixes; real checkpoints carry the first.
 _STATE_PREFIX = "encoder.sentence_encoder."
 _REGRESSION_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")
@@ -106,18 +98,30 @@ def regression_path(path: str | Path) -> Path:
 
 
 def load_esm_checkpoint(path: str | Path) -> ESM2:
-    """Load an ESM-2 checkpoint written in fair-esm's format (pretrained release or our own)."""
+    """Load an ESM-2 checkpoint written in fair-esm's format (pretrained release or our own).
+
+    A file cut short, or one that is not a fair-esm ESM-2 checkpoint, raises CheckpointError
+    naming it."""
     path = Path(path)
-    try:
-        model_data = load_checkpoint(path)
-    except Exception as err:  # torch raises many types for a bad file
-        raise ValueError(f"{path}: not a readable fair-esm checkpoint ({err})") from None
+    model_data = load_checkpoint(path, "fair-esm checkpoint")
     if not isinstance(model_data, dict) or "model" not in model_data or "cfg" not in model_data:
-        raise ValueError(f"{path}: not a fair-esm checkpoint (needs keys 'model' and 'cfg')")
-    regression = load_checkpoint(regression_path(path)) if regression_path(path).exists() else None
+        raise CheckpointError(f"{path}: not a fair-esm checkpoint (needs keys 'model' and 'cfg')")
+    regression = None
+    if regression_path(path).exists():
+        regression = load_checkpoint(regression_path(path), "fair-esm contact regression")
+        if not isinstance(regression, dict) or not isinstance(regression.get("model"), dict):
+            raise CheckpointError(
+                f"{regression_path(path)}: not a fair-esm contact regression (needs key 'model')"
+            )
     # fair-esm picks the ESM-2 loader by the name's prefix; we only support ESM-2.
     name = path.stem if path.stem.startswith("esm2") else "esm2_" + path.stem
-    model, _ = esm.pretrained.load_model_and_alphabet_core(name, model_data, regression)
+    try:
+        model, _ = esm.pretrained.load_model_and_alphabet_core(name, model_data, regression)
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        # a cfg without ESM-2's fields, weights of other names or shapes
+        raise CheckpointError(
+            f"{path}: not a fair-esm ESM-2 checkpoint ({describe(err)})"
+        ) from None
     return model
 
 
@@ -211,14 +215,26 @@ def save_classifier(model: EnzymeClassifier, classes: Sequence[int], max_length:
 def load_classifier(path, device: str | torch.device = "cpu") -> tuple[EnzymeClassifier, dict]:
     """Rebuild a classifier saved by `save_classifier` on `device`, in eval mode.
 
-    Returns (model, {"classes", "max_length"})."""
-    payload = torch.load(str(path), map_location="cpu", weights_only=True)
-    cfg = payload["esm_config"]
-    esm2 = ESM2(
-        cfg["num_layers"], cfg["embed_dim"], cfg["attention_heads"], ALPHABET, cfg["token_dropout"]
-    )
-    model = EnzymeClassifier(esm2, len(payload["classes"]))
-    model.load_state_dict(payload["state_dict"])
+    Returns (model, {"classes", "max_length"}). A file cut short or not written by
+    `save_classifier` raises CheckpointError naming it."""
+    payload = load_checkpoint(path, "classifier")
+    keys = ("esm_config", "classes", "max_length", "state_dict")
+    if not isinstance(payload, dict) or not all(key in payload for key in keys):
+        raise CheckpointError(f"{path}: not a saved classifier (needs keys {', '.join(keys)})")
+    try:
+        cfg = payload["esm_config"]
+        esm2 = ESM2(
+            cfg["num_layers"],
+            cfg["embed_dim"],
+            cfg["attention_heads"],
+            ALPHABET,
+            cfg["token_dropout"],
+        )
+        model = EnzymeClassifier(esm2, len(payload["classes"]))
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        # an esm_config without its fields, weights of other names or shapes
+        raise CheckpointError(f"{path}: not a saved classifier ({describe(err)})") from None
     model.to(device).eval()
     return model, {"classes": payload["classes"], "max_length": payload["max_length"]}
 

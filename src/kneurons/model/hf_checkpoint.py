@@ -2,7 +2,7 @@
 
 A directory holds config.json and the weights (model.safetensors, or pytorch_model.bin, either
 possibly sharded with an `.index.json`). `convert_hf_esm2` maps every tensor to the name fair-esm's
-ESM2 gives it and writes the checkpoint `kneurons.model.save_esm_checkpoint` writes, so the
+ESM2 gives it and writes the checkpoint `kneurons.model.esm.save_esm_checkpoint` writes, so the
 rest of the workflow loads it like a fair-esm release. transformers itself is not needed.
 
 Tensors dropped on purpose (each checked first, none carries a weight fair-esm lacks):
@@ -107,7 +107,7 @@ def read_hf_config(directory: str | Path) -> dict:
     """The architecture in `directory`/config.json, checked against fair-esm's ESM-2.
 
     Returns {"num_layers", "embed_dim", "attention_heads", "token_dropout"} (what
-    `kneurons.model.esm_config` reports). Raises HFCheckpointError naming the file and key.
+    `kneurons.model.esm.esm_config` reports). Raises HFCheckpointError naming the file and key.
     """
     directory = Path(directory)
     path = directory / CONFIG_FILE
@@ -317,7 +317,7 @@ def _names(names) -> str:
 
 def convert_hf_esm2(directory: str | Path, out_path: str | Path) -> dict:
     """Write the Hugging Face ESM-2 in `directory` as a fair-esm checkpoint at `out_path` (and
-    its `-contact-regression.pt`), in the format `kneurons.model.save_esm_checkpoint` writes.
+    its `-contact-regression.pt`), in the format `kneurons.model.esm.save_esm_checkpoint` writes.
 
     Every tensor is mapped to its fair-esm name or dropped on purpose (see the module
     docstring); an unknown tensor, a missing fair-esm parameter or a shape that differs raises
@@ -329,7 +329,9 @@ def convert_hf_esm2(directory: str | Path, out_path: str | Path) -> dict:
 
     directory = Path(directory)
     if tuple(ALPHABET.all_toks) != ESM2_VOCAB:
-        raise RuntimeError("fair-esm's alphabet differs from kneurons.hf_checkpoint.ESM2_VOCAB")
+        raise RuntimeError(
+            "fair-esm's alphabet differs from kneurons.model.hf_checkpoint.ESM2_VOCAB"
+        )
     cfg = read_hf_config(directory)
     source = ", ".join(str(p) for p in weight_files(directory))
     hf = read_hf_weights(directory)

@@ -1,4 +1,6 @@
-"""model.release (moved from kneurons.download)."""
+"""fair-esm's ESM-2 releases: their names, where they are fetched from, and the download of a
+release's checkpoint and contact regression, each verified by a weights_only load before it is
+kept. No torch import until a checkpoint is verified (the Snakefile imports the names)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,21 @@ from kneurons.io import load_checkpoint
 from kneurons.settings import ReleaseSettings
 
 log = logging.getLogger(__name__)
+
+# fair-esm's ESM-2 releases, fetched by name (model.name); the pattern matches exactly these
+RELEASE_NAMES = (
+    "esm2_t6_8M_UR50D",
+    "esm2_t12_35M_UR50D",
+    "esm2_t30_150M_UR50D",
+    "esm2_t33_650M_UR50D",
+    "esm2_t36_3B_UR50D",
+    "esm2_t48_15B_UR50D",
+)
+RELEASE_NAME_PATTERN = (
+    "esm2_t("
+    + "|".join(name.removeprefix("esm2_t").removesuffix("_UR50D") for name in RELEASE_NAMES)
+    + ")_UR50D"
+)
 
 ESM_BASE_URL = "https://dl.fbaipublicfiles.com/fair-esm"
 

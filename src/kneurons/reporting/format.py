@@ -1,4 +1,5 @@
-"""reporting.format (moved from kneurons.report)."""
+"""What the reports share: the order of methods and modules, how retentions, intervals and
+p-values are written, markdown tables, and the significance level and interval label."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ PRUNING_FIGURES = {
     "modules": "module_enrichment",
     "pruning": "module_pruning",
 }
+# the significance level of every Holm-corrected test in the reports
+ALPHA = 0.05
+# what the intervals of means over seeds are
+INTERVAL = "95% t-interval over seeds"
 
 
 def method_order(methods: Iterable[str]) -> list[str]:

@@ -1,7 +1,8 @@
 """Aggregate the seeds' knowledge-neuron tables into tests, a summary page and figures.
 
 Inputs per seed (results/knowledge/seed{S}/), each given a `seed` column here:
-- neurons.tsv: class, layer, module, unit, share, mean_attribution (`knowledge.KN_COLUMNS`);
+- neurons.tsv: class, layer, module, unit, share, mean_attribution
+  (`analysis.knowledge.KN_COLUMNS`);
 - effects.tsv: intervention (suppress | amplify), set (knowledge | matched), draw, quantity
   (p_true | accuracy), neuron_class, sequence_class, effect (change against the unmodified model
   on the test sequences of sequence_class when neuron_class's set is scaled);
@@ -9,10 +10,10 @@ Inputs per seed (results/knowledge/seed{S}/), each given a `seed` column here:
   empty: no motif annotation).
 
 Specificity of a class's set = its effect on the class's own test sequences minus the mean
-effect on the other classes' test sequences (`knowledge.specificity`). The seed is the
+effect on the other classes' test sequences (`seed_specificity`). The seed is the
 replicate: across seeds a mean has a 95% Student-t interval over the per-seed values, and the
 knowledge set is compared with the mean of that seed's matched random sets by a paired t-test
-over seeds (`stats.paired_test`), Holm-corrected over the family of rows.
+over seeds (`analysis.stats.paired_test`), Holm-corrected over the family of rows.
 
 Pure pandas / matplotlib: no torch import, so the report step stays light.
 """
@@ -32,7 +33,15 @@ from matplotlib.figure import Figure
 
 from kneurons.analysis import stats
 from kneurons.io import atomic_path, write_tsv
-from kneurons.reporting.format import format_interval, format_p, md_table, module_order
+from kneurons.model.units import INTERVENTIONS, UNIT_COLUMNS
+from kneurons.reporting.format import (
+    ALPHA,
+    INTERVAL,
+    format_interval,
+    format_p,
+    md_table,
+    module_order,
+)
 from kneurons.reporting.style import (
     ColourScale,
     annotate_cells,
@@ -44,18 +53,15 @@ from kneurons.settings import KnowledgeSummarySettings
 
 PathLike = str | os.PathLike
 
-ALPHA = 0.05
 KNOWLEDGE, MATCHED = "knowledge", "matched"
-INTERVENTIONS = ("suppress", "amplify")
 QUANTITIES = ("p_true", "accuracy")
 # the sign of a specific effect: suppression (x0) lowers, amplification (x2) raises
 EXPECTED_SIGN = {"suppress": -1.0, "amplify": 1.0}
-FACTORS = {"suppress": "x0", "amplify": "x2"}
+FACTORS = {name: f"x{factor:g}" for name, factor in INTERVENTIONS.items()}
 QUANTITY_LABELS = {"p_true": "p(true class)", "accuracy": "accuracy"}
 # a unit "detects" a motif only when its best AUROC is above chance
 MIN_AUROC = 0.5
 ALL_CLASSES = "all"
-UNIT_COLUMNS = ["layer", "module", "unit"]
 OUTPUT_KEYS = (
     "specificity",
     "detectors",
@@ -67,7 +73,6 @@ OUTPUT_KEYS = (
     "motif_detectors_png",
     "motif_detectors_pdf",
 )
-INTERVAL = "95% t-interval over seeds"
 
 SPECIFICITY_COLUMNS = [
     "intervention",
@@ -228,7 +233,7 @@ def specificity_table(effects: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- motif detectors
 
 
-def best_motifs(motifs: pd.DataFrame) -> pd.DataFrame:
+def best_motifs_per_seed(motifs: pd.DataFrame) -> pd.DataFrame:
     """Per (seed, set, class, unit): its best motif (highest AUROC; ties: first row) with that
     motif's class and AUROC; units with only NaN AUROCs get none (NaN)."""
     keys = ["seed", "set", "class", *UNIT_COLUMNS]
@@ -249,7 +254,7 @@ def detector_shares(motifs: pd.DataFrame) -> pd.DataFrame:
     columns = ["seed", "set", "class", "n_units", *SHARES]
     if motifs.empty:
         return pd.DataFrame(columns=columns)
-    best = best_motifs(motifs)
+    best = best_motifs_per_seed(motifs)
     detects = best["best_auroc"].to_numpy(dtype=float) > MIN_AUROC
     # compare as text: the tables may carry classes as numbers or as strings
     same = best["motif_class"].astype(str).to_numpy() == best["class"].astype(str).to_numpy()
@@ -316,7 +321,7 @@ def top_detectors(motifs: pd.DataFrame, n: int = 3, set_name: str = KNOWLEDGE) -
     columns = ["class", "seed", *UNIT_COLUMNS, "best_motif", "motif_class", "best_auroc"]
     if motifs.empty:
         return pd.DataFrame(columns=columns)
-    best = best_motifs(motifs[motifs["set"] == set_name])
+    best = best_motifs_per_seed(motifs[motifs["set"] == set_name])
     best = best[best["best_auroc"] > MIN_AUROC].sort_values("best_auroc", ascending=False)
     return best.groupby("class", sort=False).head(n)[columns].reset_index(drop=True)
 
@@ -615,8 +620,9 @@ def _message(ax, text: str) -> None:
     ax.set_axis_off()
 
 
-def _effect_matrix(effects: pd.DataFrame, intervention: str, set_name: str, classes: list):
-    """(classes, classes) mean effect on p_true over seeds (matched: over draws, then seeds)."""
+def _mean_p_true_grid(effects: pd.DataFrame, intervention: str, set_name: str, classes: list):
+    """(classes, classes) array: the mean effect on p_true over seeds of the effects tables of
+    every seed (matched: over draws, then seeds)."""
     sub = effects[
         (effects["intervention"] == intervention)
         & (effects["set"] == set_name)
@@ -637,7 +643,7 @@ def plot_effects(
     st = merged_style(style)
     classes = class_order(effects.get("neuron_class", []), effects.get("sequence_class", []))
     grids = {
-        (i, s): _effect_matrix(effects, i, s, classes) if classes else np.empty((0, 0))
+        (i, s): _mean_p_true_grid(effects, i, s, classes) if classes else np.empty((0, 0))
         for i in INTERVENTIONS
         for s in (KNOWLEDGE, MATCHED)
     }

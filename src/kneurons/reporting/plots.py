@@ -1,4 +1,6 @@
-"""reporting.plots (moved from kneurons.plots)."""
+"""Figures for the pruning experiment (accuracy against retention, density and enrichment
+heatmaps, module enrichment and within-module pruning), each written atomically as PNG and PDF
+in the common style (`reporting.style`)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,17 @@ from matplotlib.image import AxesImage
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from kneurons.io import read_json
-from kneurons.reporting.format import PRUNING_FIGURES, format_retention, method_order, module_order
+from kneurons.model.units import GLOBAL
+from kneurons.reporting.format import (
+    INTERVAL,
+    PRUNING_FIGURES,
+    format_retention,
+    method_order,
+    module_order,
+)
 from kneurons.reporting.pruning import (
     FOCUS_MODULE,
     FULL_METHOD,
-    GLOBAL,
     METRIC_LABELS,
     RANDOM,
     rows_of,
@@ -34,8 +42,6 @@ from kneurons.reporting.style import (
     save_figure,
 )
 from kneurons.settings import PlotSettings
-
-INTERVAL = "95% t-interval over seeds"
 
 
 def _pruned_methods(df: pd.DataFrame) -> list[str]:
@@ -438,7 +444,7 @@ def plot_module_enrichment(
     out_pdf: PathLike,
     style: dict | None = None,
 ) -> list[Path]:
-    """Grouped bars of module-type enrichment (`report.enrichment_table`): one panel per
+    """Grouped bars of module-type enrichment (`reporting.pruning.enrichment_table`): one panel per
     retention ratio; error bars: 95% t-interval over seeds; *: Holm p < 0.05 vs random."""
     st = merged_style(style)
     methods = _pruned_methods(enrichment)

@@ -1,4 +1,19 @@
-"""reporting.pruning (moved from kneurons.report)."""
+"""Aggregate the seeds' evaluations into tables with intervals and tests, and a summary page.
+
+Inputs per seed: the fine-tuning metrics, the evaluation results (one row per pruned model:
+`analysis.evaluation`), the kept counts per (layer, module) of each method's selections, and
+the split's baselines (majority class, residue composition).
+
+Intervals: one kind per level. A single model's accuracy has a 95% percentile-bootstrap
+interval over test sequences (computed in the evaluation). Across seeds, a mean has a 95%
+Student-t interval over the per-seed values (the seed is the replicate: it varies the split,
+the initialisation, training and scoring). Tests compare per-seed values paired by seed
+(`analysis.stats.paired_test`) and are Holm-corrected within each family of comparisons.
+
+Enrichment of a module type M = (fraction of M's units kept) / (fraction of all units kept):
+1 = kept in proportion to size; a uniform random selection gives 1 in expectation. Its null is
+exact: under same-size random selections the kept count of M is hypergeometric.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +25,9 @@ import pandas as pd
 
 from kneurons.analysis import stats
 from kneurons.io import atomic_path, read_json, write_tsv
+from kneurons.model.units import GLOBAL
 from kneurons.reporting.format import (
+    ALPHA,
     FULL_METHOD,
     RANDOM,
     format_interval,
@@ -23,12 +40,6 @@ from kneurons.reporting.format import (
 from kneurons.settings import NoSettings
 
 FOCUS_MODULE = "k_proj"
-
-
-GLOBAL = "global"
-
-
-ALPHA = 0.05
 
 
 # a pruned model that keeps less than this share of the full model's gain over chance is

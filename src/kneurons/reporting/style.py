@@ -1,4 +1,12 @@
-"""reporting.style (moved from kneurons.plots)."""
+"""The figures' common style: defaults and rc parameters, method colours, colour scales with
+annotated cells, and writing a figure atomically as PNG and PDF.
+
+Figures are built with `matplotlib.figure.Figure` directly (Agg canvas for PNG, PDF backend for
+PDF), so nothing here touches pyplot's global state or needs a display.
+
+`style` keys (all optional): dpi (150), font_size (10), cmap ("viridis", for density),
+diverging_cmap ("RdBu_r", for enrichment), figure_width (inches, 10).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +36,8 @@ DEFAULT_STYLE = {
 }
 
 
-# Methods bring their own colours (kneurons.methods, passed in as style["method_colors"]).
+# Methods bring their own colours (kneurons.attribution.methods, passed in as
+# style["method_colors"]).
 _EXTRA_COLORS = ["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 

@@ -1,5 +1,5 @@
 """Mean |output| of each unit over a sequence's tokens: the engine is
-`kneurons.scoring.activation_scores`."""
+`kneurons.attribution.engine.activation_scores`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Integrated gradients per unit (Dai et al.): the engine is `kneurons.scoring.ig_scores`."""
+"""Integrated gradients per unit (Dai et al.): the engine is
+`kneurons.attribution.engine.ig_scores`."""
 
 from __future__ import annotations
 
