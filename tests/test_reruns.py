@@ -6,7 +6,6 @@ shutil.copytree keeps mtimes and copies .snakemake/ metadata, so a copy has noth
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -138,55 +137,6 @@ def test_cluster_settings_of_a_random_split_rerun_nothing(run_copy):
 
 
 AFTER_FINETUNE = per_seed({"finetune": 1, **SCORING, "evaluate": 1}) | KNOWLEDGE
-
-
-@pytest.mark.parametrize(
-    "module, expected",
-    [
-        ("scoring.py", {**per_seed({**SCORING, "evaluate": 1}), **TAIL, **KNOWLEDGE}),
-        (
-            "methods/ig.py",
-            {**per_seed({"score_layer": 2, "merge_layers": 1, "evaluate": 1}), **TAIL} | KNOWLEDGE,
-        ),
-        ("selection.py", {"evaluate": SEEDS, **TAIL}),
-        ("evaluation.py", {"evaluate": SEEDS, **TAIL}),
-        (
-            "stats.py",
-            {**per_seed({"baselines": 1, "evaluate": 1}), **TAIL, "knowledge_summary": 1},
-        ),
-        ("knowledge.py", KNOWLEDGE | {"all": 1}),
-        ("baselines.py", {"baselines": SEEDS, **TAIL}),
-        ("train.py", {**AFTER_FINETUNE, **TAIL}),
-        (
-            "data.py",
-            {"download": 1, **per_seed({"split": 1, "baselines": 1}), **AFTER_FINETUNE, **TAIL},
-        ),
-        (
-            "clusters.py",
-            {**per_seed({"split": 1, "baselines": 1}), **AFTER_FINETUNE, **TAIL},
-        ),
-        ("report.py", {**TAIL, "knowledge_summary": 1}),  # which uses its table helpers
-        ("knowledge_report.py", {"knowledge_summary": 1, "all": 1}),
-        ("download.py", {}),  # the UniProt client does not decide a synthetic run
-        ("progress.py", {}),  # log lines decide nothing
-    ],
-)
-def test_code_change_reruns_what_it_decides(run_copy, tmp_path, module, expected):
-    """code_version() hashes the kneurons package that Python imports; edit a copy of it.
-
-    The copy goes first on PYTHONPATH, so the package in src/ (which others may be
-    editing) is never touched.
-    """
-    package = Path(__import__("kneurons").__file__).parent
-    site = tmp_path / "site"
-    shutil.copytree(package, site / "kneurons", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    assert job_counts(run_copy, env) == {}  # the copy hashes like the original
-    with open(site / "kneurons" / module, "a") as source:
-        source.write("\n# an edit\n")
-    counts = job_counts(run_copy, env)
-    report(f"{module} edited", counts)
-    assert counts == expected
 
 
 # --- the same settings written another way rerun nothing -------------------------------------

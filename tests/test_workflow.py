@@ -5,7 +5,7 @@ import re
 
 import pandas as pd
 import pytest
-from workflow_helpers import ROOT, make_workdir, snakemake
+from workflow_helpers import ROOT, layer_config, make_workdir, snakemake
 
 pytestmark = pytest.mark.slow  # every test runs snakemake
 
@@ -176,13 +176,7 @@ def test_logs_are_lines_not_progress_bars(finished_run):
 
 def test_weight_granularity_end_to_end(tmp_path):
     """The paper's protocol on the small config: q/k/v only, every weight scored and pruned."""
-    path = make_workdir(
-        tmp_path,
-        {
-            "scoring": {"granularity": "weight", "modules": ["q_proj", "k_proj", "v_proj"]},
-            "sweep": {"retention_ratios": [1.0, 0.1]},
-        },
-    )
+    path = make_workdir(tmp_path, layer_config("weight"))
     snakemake(path)
     scores = pd.read_csv(path / "results/scores/seed0/ig.tsv", sep="\t")
     assert list(scores.columns) == ["layer", "module", "unit", "input", "score"]

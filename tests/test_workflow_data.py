@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from workflow_helpers import make_workdir, read_config, snakemake, write_config
+from workflow_helpers import ROOT, layer_config, make_workdir, read_config, snakemake, write_config
 
 from fake_uniprot import Entry, FakeServer, Fault
 
@@ -272,3 +273,21 @@ def test_killed_download_leaves_no_output_and_the_next_run_finishes(tmp_path):
         rerun_after_kill(path, "results/data/split/seed0.tsv")
     info = json.loads((path / "results/data/download.json").read_text())
     assert info["release"] == "2026_04"
+
+
+@pytest.mark.skipif(shutil.which("mmseqs") is None, reason="mmseqs not installed")
+def test_table_config_with_a_cluster_split_end_to_end(tmp_path):
+    """.test/config/table.yaml: a user's table of families, split by MMseqs2 clusters."""
+    config = layer_config("table")
+    config["data"]["table"]["path"] = str(ROOT / config["data"]["table"]["path"])
+    path = make_workdir(tmp_path, config)
+    snakemake(path)
+    for seed in (0, 1):
+        split = pd.read_csv(path / f"results/data/split/seed{seed}.tsv", sep="\t")
+        family = split["id"].str.replace(r"m\d+$", "", regex=True)
+        assert (split.groupby(family)["split"].nunique() == 1).all()  # families stay whole
+        report = json.loads((path / f"results/data/split/seed{seed}.json").read_text())
+        assert report["method"] == "cluster" and report["clusters"]["n_clusters"] == 15
+        assert report["test_max_identity_to_train"]["share_above_0.3"] == 0
+    assert (path / "results/summary.md").is_file()
+    assert (path / "results/knowledge/summary.md").is_file()

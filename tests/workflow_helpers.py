@@ -12,25 +12,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SMALL_CONFIG = {
-    # two seeds: the statistics across seeds run end to end
-    "seeds": [0, 1],
-    "data": {"synthetic": {"n_per_class": 12, "min_length": 60, "max_length": 80}},
-    "model": {"tiny": {"num_layers": 2, "embed_dim": 16, "attention_heads": 2}},
-    # head_lr != lr, so swapping the two is a change (tests/test_reruns.py)
-    "finetune": {"epochs": 1, "batch_size": 16, "head_lr": 0.004},
-    # IG one job per layer (the cluster layout; the default runs one job per seed)
-    "scoring": {"max_sequences": 12, "ig_steps": 4, "batch_size": 8, "jobs_per_layer": True},
-    "sweep": {
-        "retention_ratios": [0.5, 0.1],
-        "random_draws": 3,
-        "control_draws": 2,
-        "module_ratios": [0.5],
-        "bootstrap": 200,
-    },
-    "knowledge": {"max_count": 5, "matched_sets": 2, "test_sequences": 0},
-    "plots": {"dpi": 60},
-}
+TEST_CONFIGS = ROOT / ".test" / "config"
+
+
+def layer_config(name: str) -> dict:
+    """The settings of .test/config/<name>.yaml (a layer over config.yaml)."""
+    return yaml.safe_load((TEST_CONFIGS / f"{name}.yaml").read_text())
 
 
 def deep_update(base: dict, extra: dict) -> dict:
@@ -43,15 +30,15 @@ def deep_update(base: dict, extra: dict) -> dict:
 
 
 def make_workdir(path: Path, config: dict | None = None) -> Path:
-    """A copy of the workflow (Snakefile, rules, scripts, schema) with a merged config.yaml."""
+    """A copy of the workflow (Snakefile, rules, scripts, schema) with config.yaml: the small
+    test config (.test/config/small.yaml) and `config` over it."""
     shutil.copy(ROOT / "Snakefile", path / "Snakefile")
     shutil.copytree(
         ROOT / "workflow", path / "workflow", ignore=shutil.ignore_patterns("__pycache__")
     )
     shutil.copytree(ROOT / "envs", path / "envs")
-    write_config(
-        path, deep_update(yaml.safe_load((ROOT / "config.yaml").read_text()), SMALL_CONFIG)
-    )
+    config_yaml = yaml.safe_load((ROOT / "config.yaml").read_text())
+    write_config(path, deep_update(config_yaml, layer_config("small")))
     if config:
         write_config(path, deep_update(read_config(path), config))
     return path
