@@ -8,6 +8,7 @@ table fails the test, so a new module must say what it decides.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 from pathlib import Path
@@ -79,13 +80,13 @@ FIRST = {
     "data.synthetic": ["download"],
     "data.tables": ["download"],
     "data.uniprot": [],  # not used by a synthetic run
-    "model.__init__": ["prepare_model", *REPORTS],
+    "model.__init__": ["prepare_model", "baselines", *REPORTS],
     "model.attention": ["prepare_model"],
     "model.esm": ["prepare_model"],
     "model.hf_checkpoint": [],  # not used by the tiny model
     "model.release": [],  # not used by the tiny model
     "model.train": ["finetune"],
-    "model.units": ["prepare_model", *REPORTS],
+    "model.units": ["prepare_model", "baselines", *REPORTS],  # the effective-unit rules in stats
     "reporting.__init__": REPORTS,
     "reporting.format": REPORTS,
     "reporting.knowledge": ["knowledge_summary"],
@@ -148,3 +149,115 @@ def test_an_edit_reruns_what_the_module_decides(edited_package, module):
         assert counts == {}, f"{module} ({codehash.UNHASHED[module]}) reran {counts}"
     else:
         assert counts == expected_counts(FIRST[module]), module
+
+
+# --- the hash walker on a package of its own ------------------------------------------------
+
+
+@pytest.fixture
+def toy_package(tmp_path, monkeypatch):
+    """A package laid out like kneurons: a stage with relative imports, a registry package
+    that imports its modules dynamically, a top-level module."""
+    root = tmp_path / "kneurons"
+    files = {
+        "__init__.py": "",
+        "base.py": "X = 1\n",
+        "stage/__init__.py": "",
+        "stage/step.py": "from .helper import f\nfrom ..base import X\n",
+        "stage/helper.py": "def f():\n    from kneurons.stage import lazy\n",
+        "stage/lazy.py": "",
+        "stage/other.py": "",
+        "registry/__init__.py": "import importlib\n",
+        "registry/a.py": "",
+        "registry/b.py": "",
+        "user.py": "from kneurons.registry import a\n",
+        "whole.py": "from kneurons import registry\n",
+    }
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.setattr(codehash, "package_dir", lambda: root)
+    for cached in (codehash.direct_dependencies, codehash.code_version):
+        cached.cache_clear()
+    yield root
+    for cached in (codehash.direct_dependencies, codehash.code_version):
+        cached.cache_clear()
+
+
+def test_relative_lazy_and_parent_imports_are_followed(toy_package):
+    assert codehash.dependencies("stage.step") == [
+        "base",
+        "stage.__init__",
+        "stage.helper",
+        "stage.lazy",
+        "stage.step",
+    ]
+    # a module of a package needs the package's __init__, not its siblings
+    assert codehash.dependencies("user") == ["registry.__init__", "registry.a", "user"]
+    # a package imported as a whole stands for every module in it
+    assert codehash.dependencies("whole") == [
+        "registry",
+        "registry.__init__",
+        "registry.a",
+        "registry.b",
+        "whole",
+    ]
+
+
+def test_the_hash_follows_the_source(toy_package):
+    before = codehash.code_version("stage.step")
+    (toy_package / "stage/other.py").write_text("Y = 2\n")
+    codehash.code_version.cache_clear()
+    assert codehash.code_version("stage.step") == before  # not imported
+    (toy_package / "stage/lazy.py").write_text("Y = 2\n")
+    codehash.code_version.cache_clear()
+    assert codehash.code_version("stage.step") != before  # imported inside a function
+    with pytest.raises(ModuleNotFoundError, match="no module kneurons.nowhere"):
+        codehash.dependencies("nowhere")
+
+
+# --- imports go only downwards -----------------------------------------------------------------
+
+# top-level modules the stages may import; then the stages, lowest first
+BASE = {"__init__", "config", "errors", "io", "progress", "settings"}
+STAGES = ["data", "model", "attribution", "analysis", "reporting"]
+TOP = {"codehash", "workflow"}  # they read the stages, nothing imports them
+
+
+def rank(module: str) -> int:
+    if module in BASE:
+        return 0
+    if module in TOP:
+        return len(STAGES) + 1
+    return STAGES.index(module.split(".")[0]) + 1
+
+
+def test_imports_only_go_downwards_without_cycles():
+    graph = {}
+    for module in codehash.all_modules():
+        tree = ast.parse(codehash.module_file(module).read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                imported |= codehash._imported(module, node)
+        imported -= {module}
+        graph[module] = imported
+        upwards = sorted(m for m in imported if rank(m.split(".__init__")[0]) > rank(module))
+        assert not upwards, f"{module} imports {upwards}"
+    # no cycles among modules (a package name stands for its __init__)
+    state: dict[str, int] = {}
+
+    def visit(module, path):
+        key = module if module in graph else f"{module}.__init__"
+        if state.get(key) == 1:
+            raise AssertionError(f"import cycle: {' -> '.join([*path, module])}")
+        if state.get(key) == 2 or key not in graph:
+            return
+        state[key] = 1
+        for dependency in graph[key]:
+            visit(dependency, [*path, module])
+        state[key] = 2
+
+    for module in graph:
+        visit(module, [])

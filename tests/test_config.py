@@ -1,6 +1,14 @@
 """Canonical settings: numbers typed by the schema, however they were written."""
 
-from kneurons.config import canonical, conform
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kneurons.attribution.methods import REGISTRY
+from kneurons.config import ConfigError, canonical, check_config, conform, knowledge_enabled
+from kneurons.model.release import check_model_config, model_kind, num_layers
 
 SCHEMA = {
     "type": "object",
@@ -31,3 +39,88 @@ def test_numbers_written_as_strings_become_numbers():
 def test_canonical_sorts_keys_recursively():
     assert list(canonical({"b": {"d": 1, "c": 2}, "a": (1, 2)})) == ["a", "b"]
     assert canonical({"b": {"d": 1, "c": 2}, "a": (1, 2)}) == {"a": [1, 2], "b": {"c": 2, "d": 1}}
+
+
+# --- the checks across keys ------------------------------------------------------------------
+
+DEFAULT = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+
+
+def changed(**sections) -> dict:
+    config = copy.deepcopy(DEFAULT)
+    for section, values in sections.items():
+        config[section].update(values)
+    return config
+
+
+def test_the_default_config_passes():
+    check_config(DEFAULT, REGISTRY)
+    check_model_config(DEFAULT["model"])
+    assert knowledge_enabled(DEFAULT, REGISTRY)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (changed(split={"train": 0.8}), "config key 'split': train + validation + test must be 1"),
+        (changed(data={"min_length": 2000}), "config key 'data.min_length': is larger than"),
+        (
+            changed(data={"synthetic": {**DEFAULT["data"]["synthetic"], "min_length": 100}}),
+            "config key 'data.synthetic.min_length': is larger than",
+        ),
+        (
+            changed(data={"source": "table"}),
+            "config key 'data.table.path': is empty but data.source is 'table'",
+        ),
+        (
+            changed(model={"tiny": {"num_layers": 2, "embed_dim": 30, "attention_heads": 4}}),
+            "config key 'model.tiny.embed_dim': must be divisible by",
+        ),
+        (
+            changed(knowledge={"method": "activation"}),
+            "config key 'knowledge.method': activation gives no per-sequence attributions; "
+            "use one of ig",
+        ),
+    ],
+)
+def test_a_bad_combination_names_its_key(config, message):
+    with pytest.raises(ConfigError) as err:
+        check_config(config, REGISTRY)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_a_missing_table_names_its_path(tmp_path):
+    config = changed(data={"source": "table", "table": {"path": str(tmp_path / "no.tsv")}})
+    with pytest.raises(ConfigError, match=r"^config key 'data.table.path': .*no.tsv does not"):
+        check_config(config, REGISTRY)
+
+
+def test_model_names(tmp_path):
+    assert model_kind("tiny") == "tiny"
+    assert model_kind("esm2_t33_650M_UR50D") == "release"
+    assert model_kind("esm2_t33_651M_UR50D") == "hf"  # not a release: a directory, if any
+    assert model_kind("x/esm2_mine.pt") == "checkpoint"
+    assert num_layers(DEFAULT["model"]) == DEFAULT["model"]["tiny"]["num_layers"]
+    assert num_layers({"name": "esm2_t12_35M_UR50D"}) == 12
+    assert num_layers({"name": "a/esm2_x.pt", "num_layers": 7}) == 7
+    cases = [
+        ({"name": str(tmp_path / "esm2_x.pt")}, "does not exist"),
+        ({"name": str(tmp_path / "mine.pt")}, "does not exist"),
+        ({"name": str(tmp_path / "nowhere")}, "is not tiny, a fair-esm ESM-2 release name"),
+        ({"name": str(tmp_path)}, "has no config.json"),
+    ]
+    for model, problem in cases:
+        with pytest.raises(ConfigError, match=f"^config key 'model.name': .*{problem}"):
+            check_model_config(model)
+    (tmp_path / "mine.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="file name starts with 'esm2'"):
+        check_model_config({"name": str(tmp_path / "mine.pt")})
+    (tmp_path / "esm2_x.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="^config key 'model.num_layers': is required"):
+        check_model_config({"name": str(tmp_path / "esm2_x.pt")})
+
+
+def test_knowledge_needs_its_method_scored_per_unit():
+    assert not knowledge_enabled(changed(scoring={"methods": ["activation"]}), REGISTRY)
+    assert not knowledge_enabled(changed(scoring={"granularity": "weight"}), REGISTRY)
+    assert not knowledge_enabled(changed(knowledge={"enabled": False}), REGISTRY)

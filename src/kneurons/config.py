@@ -12,8 +12,7 @@ keys sorted recursively, and numbers typed by the schema (`30` and `30.0` are on
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kneurons.errors import UserError
@@ -88,23 +87,10 @@ def config_error(key: str, problem: str) -> ConfigError:
     return ConfigError(f"config key '{key}': {problem}")
 
 
-def model_kind(name: str) -> str:
-    """What `model.name` names: tiny, a fair-esm release, a .pt checkpoint or (anything else)
-    a Hugging Face ESM-2 directory."""
-    from kneurons.model.release import RELEASE_NAME_PATTERN
-
-    if name == "tiny":
-        return "tiny"
-    if name.endswith(".pt"):
-        return "checkpoint"
-    if re.fullmatch(RELEASE_NAME_PATTERN, name):
-        return "release"
-    return "hf"
-
-
 def check_config(config: Mapping, methods: Mapping) -> None:
     """The checks across keys that a schema cannot express; ConfigError naming the key.
-    `methods`: the scoring-method registry (name -> ScoringMethod)."""
+    `methods`: the scoring-method registry (name -> ScoringMethod). `model.name` is checked by
+    `kneurons.model.release.check_model_config`."""
     fractions = config["split"]
     total = fractions["train"] + fractions["validation"] + fractions["test"]
     if abs(total - 1) > 1e-6:
@@ -126,7 +112,6 @@ def check_config(config: Mapping, methods: Mapping) -> None:
         raise config_error(
             "model.tiny.embed_dim", "must be divisible by model.tiny.attention_heads"
         )
-    _check_model(config["model"])
     knowledge = config["knowledge"]
     method = methods.get(knowledge["method"])
     if knowledge["enabled"] and method is not None and not method.per_sequence:
@@ -135,42 +120,6 @@ def check_config(config: Mapping, methods: Mapping) -> None:
             f"{method.name} gives no per-sequence attributions; use one of "
             + ", ".join(m.name for m in methods.values() if m.per_sequence),
         )
-
-
-def _check_model(model: Mapping) -> None:
-    name = model["name"]
-    kind = model_kind(name)
-    if kind == "checkpoint":
-        if not Path(name).is_file():
-            raise config_error("model.name", f"{name} does not exist")
-        if not Path(name).name.startswith("esm2"):
-            raise config_error(
-                "model.name", f"{name}: an ESM-2 checkpoint file name starts with 'esm2'"
-            )
-        if "num_layers" not in model:
-            raise config_error(
-                "model.num_layers", "is required when model.name is a checkpoint path"
-            )
-    elif kind == "hf":
-        from kneurons.model.hf_checkpoint import HFCheckpointError, read_hf_config, weight_files
-
-        if not Path(name).is_dir():
-            raise config_error(
-                "model.name",
-                f"{name} is not tiny, a fair-esm ESM-2 release name (esm2_t6_8M_UR50D, ...), "
-                "a .pt checkpoint or a Hugging Face ESM-2 directory",
-            )
-        if not Path(name, "config.json").is_file():
-            raise config_error(
-                "model.name",
-                f"{name} has no config.json (a Hugging Face ESM-2 directory holds "
-                "config.json and model.safetensors or pytorch_model.bin)",
-            )
-        try:
-            read_hf_config(name)
-            weight_files(name)
-        except HFCheckpointError as err:
-            raise config_error("model.name", str(err)) from None
 
 
 def knowledge_enabled(config: Mapping, methods: Mapping) -> bool:
@@ -182,3 +131,26 @@ def knowledge_enabled(config: Mapping, methods: Mapping) -> bool:
         and methods[knowledge["method"]].per_sequence
         and config["scoring"]["granularity"] == "unit"
     )
+
+
+def checked_config(
+    config: Mapping, schema_path, methods: Mapping, modules: Sequence[str], validate
+) -> dict:
+    """The workflow's config: numbers typed, checked against the schema (whose method and
+    module names come from the registry and the module table), its defaults filled in by
+    `validate` (Snakemake's), in canonical form, then the checks across keys. ConfigError
+    (one line naming the key) for a bad value."""
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    scoring = schema["properties"]["scoring"]["properties"]
+    scoring["methods"]["items"] = {"enum": list(methods)}
+    scoring["modules"].update(items={"enum": list(modules)}, default=list(modules))
+    schema["properties"]["knowledge"]["properties"]["method"]["enum"] = list(methods)
+    # numbers given as strings on the command line (--config seeds=[0]) become numbers first
+    config = conform(config, schema)
+    check_schema(config, schema)
+    validate(config, str(schema_path), set_default=True)
+    config = canonical(conform(config, schema))
+    check_config(config, methods)
+    return config

@@ -263,8 +263,6 @@ def _convert(hint, value):
 
 
 # --- each rule's params, from the config -----------------------------------------------------
-
-
 SOURCE_SECTIONS = ("synthetic", "uniprot", "table")
 
 

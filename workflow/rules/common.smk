@@ -2,45 +2,32 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.utils import min_version, validate
 
 from kneurons import settings as step_settings
 from kneurons.attribution.methods import REGISTRY as METHOD_REGISTRY
 from kneurons.codehash import code_version, file_sha256
 from kneurons.data.download import SOURCES
-from kneurons.config import (
-    ConfigError,
-    canonical,
-    check_config,
-    check_schema,
-    conform,
-    knowledge_enabled,
-    model_kind,
-)
-from kneurons.model.hf_checkpoint import read_hf_config, weight_files
+from kneurons.config import ConfigError, checked_config, knowledge_enabled
+from kneurons.model.hf_checkpoint import weight_files
+from kneurons.model.release import check_model_config, model_kind, num_layers
+from kneurons.model.units import MODULES
 from kneurons.reporting.format import PRUNING_FIGURES
 
 min_version("9.0")
 
 # --- the config: schema defaults, one-line errors, one canonical spelling ----------------------
-SCHEMA_PATH = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
-SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
-# method names come from the registry, not from a hand-kept list
-for key in ("scoring", "knowledge"):
-    names = {"enum": list(METHOD_REGISTRY)}
-    field = SCHEMA["properties"][key]["properties"]
-    if key == "scoring":
-        field["methods"]["items"] = names
-    else:
-        field["method"].update(names)
-# numbers given as strings on the command line (--config seeds=[0]) become numbers first
-config.update(conform(config, SCHEMA))
 try:
-    check_schema(config, SCHEMA)
-    validate(config, str(SCHEMA_PATH), set_default=True)
-    config.update(canonical(conform(config, SCHEMA)))
-    check_config(config, METHOD_REGISTRY)
+    config.update(
+        checked_config(
+            config,
+            Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml"),
+            METHOD_REGISTRY,
+            MODULES,
+            validate,
+        )
+    )
+    check_model_config(config["model"])
 except ConfigError as err:
     sys.exit(str(err))  # one line naming the key, no traceback
 
@@ -109,16 +96,6 @@ def model_checkpoint(wildcards):
     }[MODEL_KIND]
 
 
-def num_layers():
-    if MODEL_KIND == "tiny":
-        return config["model"]["tiny"]["num_layers"]
-    if MODEL_KIND == "checkpoint":
-        return config["model"]["num_layers"]
-    if MODEL_KIND == "hf":
-        return read_hf_config(MODEL)["num_layers"]
-    return int(MODEL.split("_")[1].removeprefix("t"))
-
-
 def split_name(seed):
     """Each seed's own split, or the one shared split (split.shared)."""
     return "shared" if config["split"]["shared"] else f"seed{seed}"
@@ -161,7 +138,7 @@ def layer_files(suffix):
             "results/scores/seed{seed}/{method}/layer{layer}.{suffix}",
             seed=wildcards.seed,
             method=wildcards.method,
-            layer=range(num_layers()),
+            layer=range(num_layers(config["model"])),
             suffix=suffix,
         )
 

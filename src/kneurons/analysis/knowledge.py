@@ -44,8 +44,6 @@ KN_COLUMNS = ["class", "layer", "module", "unit", "share", "mean_attribution"]
 EFFECT_QUANTITIES = ("p_true", "accuracy")
 # a share x n that is an integer can miss it by an ulp in floating point
 _SHARE_TOLERANCE = 1e-12
-
-
 # --- knowledge neurons -------------------------------------------------------------------------
 
 

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from kneurons.model.units import MODULE_TYPES
+
 ALTERNATIVES = ("greater", "less", "two-sided")
-
-
 # --- intervals and tests ---------------------------------------------------------------------
 
 
@@ -216,8 +216,8 @@ def effective_masks(
     (out_proj). Returns the masks of `keep`, same keys and shapes: kept AND effective.
     """
     head_dim = embed_dim // heads
-    units = {"q_proj": embed_dim, "k_proj": embed_dim, "v_proj": embed_dim}
-    units |= {"out_proj": embed_dim, "fc1": ffn_dim, "fc2": embed_dim}
+    widths = {"embed": embed_dim, "ffn": ffn_dim}
+    units = {m.name: widths[m.width] for m in MODULE_TYPES}
     for (layer, module), mask in keep.items():
         if not 0 <= layer < num_layers or module not in units:
             raise ValueError(f"unknown unit group ({layer}, {module!r})")
@@ -240,17 +240,21 @@ def effective_masks(
         masks = {module: mask_of(layer, module) for module in units}
         v_read = read_columns(masks["out_proj"], embed_dim)
         head_matters = (varying(masks["v_proj"]) & v_read).reshape(heads, head_dim).any(axis=1)
-        q_nonzero, k_nonzero = nonzero(masks["q_proj"]), nonzero(masks["k_proj"])
         index = np.arange(embed_dim)
         partner, head_of = rotary_partner(index, head_dim), index // head_dim
-        return {
-            "q_proj": head_matters[head_of] & (k_nonzero | k_nonzero[partner]),
-            "k_proj": head_matters[head_of] & (q_nonzero | q_nonzero[partner]),
-            "v_proj": v_read,
-            "out_proj": np.ones(embed_dim, bool),
-            "fc1": read_columns(masks["fc2"], ffn_dim),
-            "fc2": np.ones(embed_dim, bool),
-        }
+        matters = {}
+        for m in MODULE_TYPES:  # the reach rules of model.units
+            kind, _, other = m.reach.partition(":")
+            if kind == "residual":
+                matters[m.name] = np.ones(units[m.name], bool)
+            elif kind == "read_by":
+                matters[m.name] = read_columns(masks[other], units[m.name])
+            elif kind == "logit":
+                other_nonzero = nonzero(masks[other])
+                matters[m.name] = head_matters[head_of] & (other_nonzero | other_nonzero[partner])
+            else:
+                raise ValueError(f"{m.name}: unknown reach rule {m.reach!r}")
+        return matters
 
     matters = {layer: layer_matters(layer) for layer in {layer for layer, _ in keep}}
     effective = {}

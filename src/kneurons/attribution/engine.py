@@ -23,8 +23,6 @@ from kneurons.model.esm import EnzymeClassifier, encode, frozen, linear
 from kneurons.progress import progress as report_progress
 
 log = logging.getLogger(__name__)
-
-
 GRANULARITIES = ("unit", "weight")
 
 
@@ -253,9 +251,6 @@ def _layer_tail(model, parts, padding_mask, layer, module, k) -> torch.Tensor:
     (scaled by the hook) changes; the same operations, in the same order, as fair-esm's
     TransformerLayer.forward."""
     block = model.esm.layers[layer]
-    if module in ("q_proj", "k_proj", "v_proj"):
-        x, _ = block(parts["x"].repeat(1, k, 1), self_attn_padding_mask=padding_mask)
-        return x
     if module == "out_proj":
         x1 = parts["x"].repeat(1, k, 1) + block.self_attn.out_proj(
             parts["out_proj"].repeat(1, k, 1)
@@ -264,8 +259,11 @@ def _layer_tail(model, parts, padding_mask, layer, module, k) -> torch.Tensor:
     elif module == "fc1":
         x1 = parts["x1"].repeat(1, k, 1)
         h = nn.functional.gelu(block.fc1(parts["fc1"].repeat(1, k, 1)))
-    else:  # fc2
+    elif module == "fc2":
         x1, h = parts["x1"].repeat(1, k, 1), parts["fc2"].repeat(1, k, 1)
+    else:  # q, k, v or any other module type: the whole layer again, which is always right
+        x, _ = block(parts["x"].repeat(1, k, 1), self_attn_padding_mask=padding_mask)
+        return x
     return x1 + block.fc2(h)
 
 

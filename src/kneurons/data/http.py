@@ -28,14 +28,10 @@ from kneurons.errors import UserError
 from kneurons.io import atomic_path
 
 log = logging.getLogger(__name__)
-
-
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 MAX_RETRY_AFTER = 60.0  # seconds; caps Retry-After so a hostile or buggy value cannot stall us
-
-
 MIN_RATE = 100_000.0  # bytes/s a file download must average (beyond `timeout`) to meet its deadline
 
 

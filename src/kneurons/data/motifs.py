@@ -31,8 +31,6 @@ MOTIFS: dict[str, tuple[int, str]] = {
     "aars_class_i_high": (6, "HxGH"),
     "aars_class_i_kmsks": (6, "KMSKS"),
 }
-
-
 # true/mutated/decoy: planted in synthetic data; feature: annotated in real data (a UniProt
 # sequence feature or a user's own annotation).
 MOTIF_KINDS = ("true", "mutated", "decoy", "feature")
@@ -67,12 +65,8 @@ def _pattern_regex(tokens: list[str | None]) -> str:
 
 
 MOTIF_TOKENS = {name: _parse_pattern(pattern) for name, (_, pattern) in MOTIFS.items()}
-
-
 # Lookahead so overlapping occurrences are all found.
 _REGEX = {name: re.compile(f"(?=({_pattern_regex(t)}))") for name, t in MOTIF_TOKENS.items()}
-
-
 MOTIF_REGEX = {name: _pattern_regex(t) for name, t in MOTIF_TOKENS.items()}
 
 

@@ -190,14 +190,10 @@ def _plan_motifs(
 
 
 _BG_RESIDUES = np.array(list(STANDARD_RESIDUES))
-
-
 _BG_P = np.array([BACKGROUND_FREQUENCIES[r] for r in STANDARD_RESIDUES])
 
 
 _BG_P = _BG_P / _BG_P.sum()
-
-
 _RES_INDEX = {r: i for i, r in enumerate(STANDARD_RESIDUES)}
 
 

@@ -26,14 +26,10 @@ import pandas as pd
 from kneurons.errors import UserError
 
 COLUMNS = ["id", "sequence", "ec_numbers", "ec_class", "motifs"]
-
-
 SPLITS = ("train", "validation", "test")
 
 
 STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
-
-
 _EC_RE = re.compile(r"(\d+)\.(\d+|-)\.(\d+|-)\.(n?\d+|-)")
 
 

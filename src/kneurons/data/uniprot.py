@@ -26,27 +26,19 @@ from kneurons.io import write_tsv
 log = logging.getLogger(__name__)
 
 UNIPROT_URL = "https://rest.uniprot.org"
-
-
 UNIPROT_FIELDS = "accession,ec,sequence"
 
 
 UNIPROT_COLUMNS = ["Entry", "EC number", "Sequence"]
-
-
 UNIPROT_HEADER = "\t".join(UNIPROT_COLUMNS)
 
 
 # Sequence features asked for with data.uniprot.features, and their TSV column headers.
 FEATURE_FIELDS = {"ft_act_site": "Active site", "ft_binding": "Binding site", "ft_motif": "Motif"}
-
-
 MOTIFS_COLUMN = "motifs"  # the features, converted, in download_uniprot's output
 
 
 FEATURE_OUTSIDE = "UniProt feature outside the sequence (feature dropped, sequence kept)"
-
-
 FEATURE_UNPARSABLE = "UniProt feature not parsable (feature dropped, sequence kept)"
 
 
@@ -171,8 +163,6 @@ def _sample(table: pd.DataFrame, n: int, seed: int, ec_class: int) -> pd.DataFra
 # One feature's location: "pos" or "start..end", 1-based inclusive. Uncertain ends ("?", "<1",
 # ">120") and other forms do not match: such a feature is dropped as not parsable.
 _FEATURE_LOCATION = re.compile(r"(\d+)(?:\.\.(\d+))?")
-
-
 # The pieces of a feature column: split at ";" outside double quotes (notes may hold ";").
 _FEATURE_PIECE = re.compile(r'(?:[^;"]|"[^"]*")+')
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from kneurons.io import CheckpointError, atomic_path, describe, load_checkpoint
 from kneurons.model.attention import use_fused_attention
-from kneurons.model.units import ATTENTION_MODULES, MODULES
+from kneurons.model.units import MODULE_TYPE, MODULES
 from kneurons.settings import TinyModelSettings
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,7 @@ def module_name(layer: int, module: str) -> str:
     """Name of a scored Linear inside ESM2, e.g. `layers.3.self_attn.k_proj`."""
     if module not in MODULES:
         raise ValueError(f"unknown module {module!r}; expected one of {', '.join(MODULES)}")
-    return (
-        f"layers.{layer}.self_attn.{module}"
-        if module in ATTENTION_MODULES
-        else f"layers.{layer}.{module}"
-    )
+    return f"layers.{layer}.{MODULE_TYPE[module].path}"
 
 
 def linear(esm2: ESM2, layer: int, module: str) -> nn.Linear:

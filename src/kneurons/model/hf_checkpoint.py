@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 from kneurons.errors import UserError
+from kneurons.model.units import MODULE_TYPES
 from kneurons.settings import NoSettings
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,10 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 
-# HF module (inside encoder.layer.N.) -> fair-esm module (inside layers.N.)
-_LAYER_MODULES = {
-    "attention.self.query": "self_attn.q_proj",
-    "attention.self.key": "self_attn.k_proj",
-    "attention.self.value": "self_attn.v_proj",
-    "attention.output.dense": "self_attn.out_proj",
+# HF module (inside encoder.layer.N.) -> fair-esm module (inside layers.N.): the scored
+# Linears (model.units) and the layer norms
+_LAYER_MODULES = {m.hf_path: m.path for m in MODULE_TYPES} | {
     "attention.LayerNorm": "self_attn_layer_norm",
-    "intermediate.dense": "fc1",
-    "output.dense": "fc2",
     "LayerNorm": "final_layer_norm",
 }
 # HF module outside the layers (after the `esm.` prefix, or as is for lm_head) -> fair-esm

@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import requests
 
+from kneurons.config import config_error
 from kneurons.data.http import MIN_RATE, DownloadError, download_file, session_for
 from kneurons.io import load_checkpoint
 from kneurons.settings import ReleaseSettings
@@ -34,11 +35,7 @@ RELEASE_NAME_PATTERN = (
 )
 
 ESM_BASE_URL = "https://dl.fbaipublicfiles.com/fair-esm"
-
-
 ESM_URL = ESM_BASE_URL + "/models/{name}.pt"
-
-
 ESM_REGRESSION_URL = ESM_BASE_URL + "/regression/{name}-contact-regression.pt"
 
 
@@ -106,12 +103,64 @@ def fetch_pretrained_model(input, output, settings: ReleaseSettings, wildcards) 
     log_loaded(output.checkpoint)
 
 
-RELEASE_NAMES = (
-    "esm2_t6_8M_UR50D",
-    "esm2_t12_35M_UR50D",
-    "esm2_t30_150M_UR50D",
-    "esm2_t33_650M_UR50D",
-    "esm2_t36_3B_UR50D",
-    "esm2_t48_15B_UR50D",
-)
-RELEASE_NAME_PATTERN = "|".join(RELEASE_NAMES)
+def model_kind(name: str) -> str:
+    """What `model.name` names: tiny, a fair-esm release, a .pt checkpoint or (anything else)
+    a Hugging Face ESM-2 directory."""
+    if name == "tiny":
+        return "tiny"
+    if name.endswith(".pt"):
+        return "checkpoint"
+    if re.fullmatch(RELEASE_NAME_PATTERN, name):
+        return "release"
+    return "hf"
+
+
+def check_model_config(model: Mapping) -> None:
+    """`model.name` names something usable: ConfigError naming the key otherwise."""
+    name = model["name"]
+    kind = model_kind(name)
+    if kind == "checkpoint":
+        if not Path(name).is_file():
+            raise config_error("model.name", f"{name} does not exist")
+        if not Path(name).name.startswith("esm2"):
+            raise config_error(
+                "model.name", f"{name}: an ESM-2 checkpoint file name starts with 'esm2'"
+            )
+        if "num_layers" not in model:
+            raise config_error(
+                "model.num_layers", "is required when model.name is a checkpoint path"
+            )
+    elif kind == "hf":
+        from kneurons.model.hf_checkpoint import HFCheckpointError, read_hf_config, weight_files
+
+        if not Path(name).is_dir():
+            raise config_error(
+                "model.name",
+                f"{name} is not tiny, a fair-esm ESM-2 release name (esm2_t6_8M_UR50D, ...), "
+                "a .pt checkpoint or a Hugging Face ESM-2 directory",
+            )
+        if not Path(name, "config.json").is_file():
+            raise config_error(
+                "model.name",
+                f"{name} has no config.json (a Hugging Face ESM-2 directory holds "
+                "config.json and model.safetensors or pytorch_model.bin)",
+            )
+        try:
+            read_hf_config(name)
+            weight_files(name)
+        except HFCheckpointError as err:
+            raise config_error("model.name", str(err)) from None
+
+
+def num_layers(model: Mapping) -> int:
+    """The layer count of the configured backbone (`model.*`)."""
+    kind = model_kind(model["name"])
+    if kind == "tiny":
+        return model["tiny"]["num_layers"]
+    if kind == "checkpoint":
+        return model["num_layers"]
+    if kind == "hf":
+        from kneurons.model.hf_checkpoint import read_hf_config
+
+        return read_hf_config(model["name"])["num_layers"]
+    return int(re.match(r"esm2_t(\d+)_", model["name"]).group(1))

@@ -40,13 +40,9 @@ from kneurons.reporting.format import (
 from kneurons.settings import NoSettings
 
 FOCUS_MODULE = "k_proj"
-
-
 # a pruned model that keeps less than this share of the full model's gain over chance is
 # "near chance": where its units sit says nothing about what the model uses
 NEAR_CHANCE = 0.25
-
-
 OUTPUT_KEYS = ("accuracy", "summary", "tests", "enrichment", "density", "markdown")
 
 

@@ -25,8 +25,6 @@ from kneurons.reporting.pruning import (
 )
 
 PathLike = str | os.PathLike
-
-
 DEFAULT_STYLE = {
     "dpi": 150,
     "font_size": 10,
@@ -34,8 +32,6 @@ DEFAULT_STYLE = {
     "diverging_cmap": "RdBu_r",
     "figure_width": 10.0,
 }
-
-
 # Methods bring their own colours (kneurons.attribution.methods, passed in as
 # style["method_colors"]).
 _EXTRA_COLORS = ["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
