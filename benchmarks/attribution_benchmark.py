@@ -125,7 +125,7 @@ def ig_name(rule, steps) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="results/finetune/seed0/model.pt")
-    p.add_argument("--split", default="results/data/split.tsv")
+    p.add_argument("--split", default="results/data/split/seed0.tsv")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-sequences", type=int, default=120)

@@ -263,7 +263,13 @@ def _convert(hint, value):
 
 
 # --- each rule's params, from the config -----------------------------------------------------
-SOURCE_SECTIONS = ("synthetic", "uniprot", "table")
+SOURCE_SECTIONS = tuple(f.name for f in fields(DownloadSettings) if f.default is None)
+
+
+def _source_settings(source: str) -> type:
+    """The dataclass of a data source's section: the type of its DownloadSettings field."""
+    hint = typing.get_type_hints(DownloadSettings)[source]
+    return next(arg for arg in typing.get_args(hint) if dataclasses.is_dataclass(arg))
 
 
 def download_params(config: Mapping, table_sha256: str | None = None) -> dict:
@@ -275,8 +281,7 @@ def download_params(config: Mapping, table_sha256: str | None = None) -> dict:
     if source == "table":
         sections["table"] = settings(TableSettings, data["table"], sha256=table_sha256)
     else:
-        kind = {"synthetic": SyntheticSettings, "uniprot": UniprotSettings}[source]
-        sections[source] = settings(kind, data[source])
+        sections[source] = settings(_source_settings(source), data[source])
     common = {key: value for key, value in data.items() if key not in SOURCE_SECTIONS}
     return settings(DownloadSettings, common, **sections)
 
