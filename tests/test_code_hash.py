@@ -87,9 +87,14 @@ FIRST = {
     "model.units": ["prepare_model", "baselines", *REPORTS],  # the effective-unit rules in stats
     "reporting.__init__": REPORTS,
     "reporting.format": REPORTS,
+    "reporting.aggregate": ["aggregate"],
     "reporting.knowledge": ["knowledge_summary"],
+    "reporting.knowledge_page": ["knowledge_summary"],
+    "reporting.knowledge_plots": ["knowledge_summary"],
+    "reporting.knowledge_summary": ["knowledge_summary"],
     "reporting.plots": ["plots"],
-    "reporting.pruning": REPORTS,  # the knowledge summary uses its table helpers
+    "reporting.pruning": ["aggregate", "plots"],
+    "reporting.pruning_page": ["aggregate"],
     "reporting.style": ["plots", "knowledge_summary"],
 }
 

@@ -10,6 +10,7 @@ import pytest
 
 from kneurons.analysis import stats
 from kneurons.reporting import knowledge as kr
+from kneurons.reporting import knowledge_page, knowledge_summary
 
 SEEDS = (0, 1, 2)
 CLASSES = (1, 2, 3)
@@ -123,8 +124,8 @@ def _write(tmp_path: Path, with_motifs: bool = True):
     for figure in ("effects", "placement", "motif_detectors"):
         for ext in ("png", "pdf"):
             outputs[f"{figure}_{ext}"] = tmp_path / "out" / f"{figure}.{ext}"
-    assert set(outputs) == set(kr.OUTPUT_KEYS)
-    kr.write_outputs(
+    assert set(outputs) == set(knowledge_summary.OUTPUT_KEYS)
+    knowledge_summary.write_outputs(
         paths["neurons"], paths["effects"], paths["motifs"], SEEDS, outputs, {"dpi": 40}
     )
     return outputs
@@ -239,7 +240,9 @@ def test_no_specific_class_is_said_plainly():
     effects = effects[effects["neuron_class"] != 1]
     neurons = _stacked(_neurons)
     table = kr.specificity_table(effects)
-    text = kr.summary_markdown(neurons, effects, _stacked(_motifs).head(0), table, pd.DataFrame())
+    text = knowledge_page.summary_markdown(
+        neurons, effects, _stacked(_motifs).head(0), table, pd.DataFrame()
+    )
     first = text.split("\n\n")[1]
     assert first.startswith("**0 of 3 classes show specific knowledge neurons**")
     assert "not class-specific" in first
@@ -267,8 +270,8 @@ def test_no_knowledge_neurons_anywhere(tmp_path):
         paths[name] = [tmp_path / f"seed{s}_{name}.tsv" for s in SEEDS]
         for path in paths[name]:
             table.to_csv(path, sep="\t", index=False)
-    outputs = {key: tmp_path / "out" / key for key in kr.OUTPUT_KEYS}
-    kr.write_outputs(
+    outputs = {key: tmp_path / "out" / key for key in knowledge_summary.OUTPUT_KEYS}
+    knowledge_summary.write_outputs(
         paths["neurons"], paths["effects"], paths["motifs"], SEEDS, outputs, {"dpi": 40}
     )
     first = outputs["summary"].read_text().split("\n\n")[1]

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as sps
 
 from kneurons.analysis.evaluation import KEPT_COLUMNS, RESULT_COLUMNS
-from kneurons.reporting import plots, pruning
+from kneurons.reporting import aggregate, plots, pruning
 from kneurons.reporting.format import PRUNING_FIGURES
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -161,7 +161,7 @@ def _write_inputs(tmp_path: Path, full_accuracy=0.9, composition=0.3, class_coun
 
 
 def _outputs(tmp_path: Path) -> dict:
-    return {key: tmp_path / "out" / f"{key}.tsv" for key in pruning.OUTPUT_KEYS} | {
+    return {key: tmp_path / "out" / f"{key}.tsv" for key in aggregate.OUTPUT_KEYS} | {
         "markdown": tmp_path / "out" / "summary.md"
     }
 
@@ -170,7 +170,7 @@ def _outputs(tmp_path: Path) -> dict:
 def written(tmp_path):
     inputs = _write_inputs(tmp_path)
     outputs = _outputs(tmp_path)
-    pruning.write_outputs(*inputs, outputs)
+    aggregate.write_outputs(*inputs, outputs)
     tables = {k: pd.read_csv(v, sep="\t") for k, v in outputs.items() if k != "markdown"}
     return tables, outputs["markdown"].read_text(), inputs, outputs
 
@@ -255,7 +255,7 @@ def test_markdown_says_significant_only_when_it_is(written):
 def test_warning_when_the_full_model_is_not_above_the_baselines(tmp_path):
     inputs = _write_inputs(tmp_path, full_accuracy=0.33, composition=0.31)
     outputs = _outputs(tmp_path)
-    pruning.write_outputs(*inputs, outputs)
+    aggregate.write_outputs(*inputs, outputs)
     md = outputs["markdown"].read_text()
     first_sections = md.split("## Test accuracy")[0]
     assert "Warning: the full model is not clearly better than the composition baseline" in (
@@ -286,7 +286,7 @@ def test_imbalanced_classes_make_balanced_accuracy_the_headline(tmp_path):
     )
     inputs = _write_inputs(tmp_path, class_counts={"1": 30, "2": 10, "3": 10})
     outputs = _outputs(tmp_path)
-    pruning.write_outputs(*inputs, outputs)
+    aggregate.write_outputs(*inputs, outputs)
     md = outputs["markdown"].read_text()
     assert "Headline metric: balanced accuracy" in md
     assert "## Balanced test accuracy of the pruned models" in md

@@ -29,12 +29,17 @@ STEPS = {
     "baselines": "analysis.baselines:baselines",
     "evaluate": "analysis.evaluation:evaluate",
     "knowledge": "analysis.knowledge:knowledge",
-    "aggregate": "reporting.pruning:aggregate",
+    "aggregate": "reporting.aggregate:aggregate",
     "plots": "reporting.plots:plots",
-    "knowledge_summary": "reporting.knowledge:knowledge_summary",
+    "knowledge_summary": "reporting.knowledge_summary:knowledge_summary",
 }
 
 log = logging.getLogger("kneurons")
+
+
+def step_module(step: str) -> str:
+    """The module (below kneurons) that holds `step`: what the rule's code hash starts from."""
+    return STEPS[step].split(":")[0]
 
 
 def step_function(step: str):

@@ -13,6 +13,7 @@ from kneurons.model.hf_checkpoint import weight_files
 from kneurons.model.release import check_model_config, model_kind, num_layers
 from kneurons.model.units import MODULES
 from kneurons.reporting.format import PRUNING_FIGURES
+from kneurons.workflow import step_module
 
 min_version("9.0")
 
@@ -45,12 +46,13 @@ wildcard_constraints:
     split=r"seed\d+|shared",
 
 
-def params(settings, *modules):
-    """A rule's one param: its settings and the hash of the code that decides its results.
+def params(settings, step, *modules):
+    """A rule's one param: its settings and the hash of the code that decides its results
+    (the step's module, `modules`, and what they import).
 
     One named mapping, not a param per key: Snakemake compares params as an unnamed set of
     value reprs, so two values swapped between keys would otherwise go unnoticed."""
-    return {**settings, "code": code_version(*modules)}
+    return {**settings, "code": code_version(step_module(step), *modules)}
 
 
 # --- input functions -----------------------------------------------------------------------
@@ -66,7 +68,7 @@ def download_params():
     source = config["data"]["source"]
     sha = file_sha256(user_table()) if source == "table" else None
     return params(
-        step_settings.download_params(config, sha), "data.download", SOURCES[source]
+        step_settings.download_params(config, sha), "download", SOURCES[source]
     )
 
 
@@ -127,7 +129,7 @@ def scoring_params(wildcards):
     method = METHOD_REGISTRY[wildcards.method]
     return params(
         step_settings.scoring_params(config, method),
-        "attribution.score",
+        "score",
         f"attribution.methods.{method.name}",
     )
 

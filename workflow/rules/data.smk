@@ -33,7 +33,7 @@ rule split:
         "../../envs/kneurons.yaml"
     params:
         settings=lambda wildcards: params(
-            step_settings.split_params(config, wildcards.split), "data.split"
+            step_settings.split_params(config, wildcards.split), "split"
         ),
     script:
         "../scripts/split.py"
@@ -54,7 +54,7 @@ rule baselines:
     params:
         settings=params(
             step_settings.settings(step_settings.BaselinesSettings, config["sweep"]),
-            "analysis.baselines",
+            "baselines",
         ),
     script:
         "../scripts/baselines.py"

@@ -16,7 +16,7 @@ rule knowledge:
     resources:
         gpu=1 if config["knowledge"]["device"].startswith("cuda") else 0,
     params:
-        settings=params(step_settings.knowledge_params(config), "analysis.knowledge"),
+        settings=params(step_settings.knowledge_params(config), "knowledge"),
     script:
         "../scripts/knowledge.py"
 
@@ -67,7 +67,7 @@ rule knowledge_summary:
             step_settings.settings(
                 step_settings.KnowledgeSummarySettings, config["plots"], seeds=SEEDS
             ),
-            "reporting.knowledge",
+            "knowledge_summary",
         ),
     script:
         "../scripts/knowledge_summary.py"

@@ -14,7 +14,7 @@ rule prepare_model:
             step_settings.settings(
                 step_settings.TinyModelSettings, config["model"]["tiny"]
             ),
-            "model.esm",
+            "prepare_model",
         ),
     script:
         "../scripts/prepare_model.py"
@@ -41,7 +41,7 @@ rule fetch_pretrained_model:
                 name=wildcards.name,
                 url=config["model"]["url"],
             ),
-            "model.release",
+            "fetch_pretrained_model",
         ),
     script:
         "../scripts/fetch_pretrained_model.py"
@@ -64,7 +64,7 @@ if MODEL_KIND == "hf":
         conda:
             "../../envs/kneurons.yaml"
         params:
-            settings=params({}, "model.hf_checkpoint"),
+            settings=params({}, "convert_hf_model"),
         script:
             "../scripts/convert_hf_model.py"
 
@@ -92,7 +92,7 @@ rule finetune:
     params:
         settings=params(
             step_settings.settings(step_settings.FinetuneSettings, config["finetune"]),
-            "model.train",
+            "finetune",
         ),
     script:
         "../scripts/finetune.py"

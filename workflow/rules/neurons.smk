@@ -40,7 +40,7 @@ rule merge_layers:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=params({}, "attribution.score"),
+        settings=params({}, "merge_layers"),
     script:
         "../scripts/merge_layers.py"
 
@@ -87,6 +87,6 @@ rule evaluate:
     resources:
         gpu=1 if config["sweep"]["device"].startswith("cuda") else 0,
     params:
-        settings=params(step_settings.sweep_params(config), "analysis.evaluation"),
+        settings=params(step_settings.sweep_params(config), "evaluate"),
     script:
         "../scripts/evaluate.py"

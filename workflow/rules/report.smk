@@ -30,7 +30,7 @@ rule aggregate:
     conda:
         "../../envs/kneurons.yaml"
     params:
-        settings=params({}, "reporting.pruning"),
+        settings=params({}, "aggregate"),
     script:
         "../scripts/aggregate.py"
 
@@ -56,7 +56,7 @@ rule plots:
             step_settings.plot_params(
                 config, {name: m.color for name, m in METHOD_REGISTRY.items()}
             ),
-            "reporting.plots",
+            "plots",
         ),
     script:
         "../scripts/plots.py"

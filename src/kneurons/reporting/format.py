@@ -3,12 +3,14 @@ p-values are written, markdown tables, and the significance level and interval l
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
 from kneurons.model.units import MODULES
 
+PathLike = str | os.PathLike
 FULL_METHOD = "full"
 RANDOM = "random"
 # the pruning figures (kneurons.reporting.plots), each a PNG and a PDF: key -> file name

@@ -19,22 +19,18 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from kneurons.io import read_json
 from kneurons.model.units import GLOBAL
 from kneurons.reporting.format import (
+    FULL_METHOD,
     INTERVAL,
     PRUNING_FIGURES,
+    RANDOM,
+    PathLike,
     format_retention,
     method_order,
     module_order,
 )
-from kneurons.reporting.pruning import (
-    FOCUS_MODULE,
-    FULL_METHOD,
-    METRIC_LABELS,
-    RANDOM,
-    rows_of,
-)
+from kneurons.reporting.pruning import FOCUS_MODULE, METRIC_LABELS, rows_of
 from kneurons.reporting.style import (
     ColourScale,
-    PathLike,
     annotate_cells,
     merged_style,
     method_colors,

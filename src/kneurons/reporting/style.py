@@ -10,7 +10,6 @@ diverging_cmap ("RdBu_r", for enrichment), figure_width (inches, 10).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -20,11 +19,8 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 
 from kneurons.io import atomic_path
-from kneurons.reporting.pruning import (
-    FULL_METHOD,
-)
+from kneurons.reporting.format import FULL_METHOD, PathLike
 
-PathLike = str | os.PathLike
 DEFAULT_STYLE = {
     "dpi": 150,
     "font_size": 10,
