@@ -92,3 +92,20 @@ def test_hugging_face_directory_is_converted_once(tmp_path):
     assert "convert_hf_model" not in plan  # done; its output is up to date
     assert "prepare_model" not in plan and "fetch_pretrained_model" not in plan
     assert "layer2.tsv" in plan and "layer3.tsv" not in plan  # num_hidden_layers
+
+
+def test_checkpoint_cut_short_is_one_line_naming_it(tmp_path):
+    """A user's checkpoint that is cut short: one `error in finetune` line, no traceback."""
+    path = tmp_path / "esm2_mine.pt"
+    save_esm_checkpoint(build_tiny_esm2(2, 16, 2, seed=0), path)
+    path.write_bytes(path.read_bytes()[:-5000])
+    work = workdir(tmp_path, {"model": {"name": str(path), "num_layers": 2}})
+    result = snakemake(work, "results/finetune/seed0/metrics.json", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error in")]
+    assert len(errors) == 1, output
+    assert errors[0].startswith(f"error in finetune: {path}: not a readable fair-esm checkpoint")
+    log = (work / "results/logs/finetune/seed0.log").read_text()
+    assert log.count("\n") == 1 and "Traceback" not in log
+    assert not (work / "results/finetune/seed0/model.pt").exists()
