@@ -34,4 +34,4 @@ def score(model, inputs: ScoringInputs) -> Scores:
     return scores
 
 
-METHOD = ScoringMethod(name="magnitude", score=score, needs_model_pass=False, color="#7f7f7f")
+METHOD = ScoringMethod(name="magnitude", score=score, needs_model_pass=False, color="#8c564b")
