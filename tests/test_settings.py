@@ -110,3 +110,6 @@ def test_scoring_params_hold_the_methods_own_keys():
     assert set(ig["method"]) == set(REGISTRY["ig"].settings)
     assert set(activation["method"]) == {"batch_size"}
     assert ig["max_sequences"] == CONFIG["scoring"]["max_sequences"]
+    # a method that never runs the model does not rerun for the subset, device or precision
+    magnitude = settings.scoring_params(CONFIG, REGISTRY["magnitude"])
+    assert set(magnitude) == {"modules", "granularity", "method"}

@@ -305,7 +305,8 @@ def scoring_params(config: Mapping, method) -> dict:
     if method.needs_model_pass:
         extra = {key: scoring[key] for key in ("max_sequences", "device", "precision")}
     own = {key: scoring[key] for key in method.settings}
-    return settings(ScoringSettings, scoring, method=own, **extra)
+    scope = {key: scoring[key] for key in ("modules", "granularity")}
+    return settings(ScoringSettings, scope, method=own, **extra)
 
 
 def sweep_params(config: Mapping) -> dict:

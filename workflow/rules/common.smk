@@ -52,7 +52,10 @@ def params(settings, step, *modules):
 
     One named mapping, not a param per key: Snakemake compares params as an unnamed set of
     value reprs, so two values swapped between keys would otherwise go unnoticed."""
-    return {**settings, "code": code_version(step_module(step), *modules)}
+    return {
+        **settings,
+        step_settings.CODE_KEY: code_version(step_module(step), *modules),
+    }
 
 
 # --- input functions -----------------------------------------------------------------------
