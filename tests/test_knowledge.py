@@ -384,3 +384,33 @@ def test_one_seed_analysis_tables(tiny_classifier):
     assert set(motifs["motif"]) == {"rossmann_nad_binding"}
     assert (motifs["motif_class"] == 1).all() and motifs["auroc"].between(0, 1).all()
     assert knowledge.motif_table(model, table.assign(motifs=""), neurons, units, seed=0).empty
+
+
+def test_many_interventions_per_pass_equal_one_model_per_pass(tiny_classifier):
+    """Every suppress/amplify model of the causal test batched into shared forward passes gives
+    the effects of one scaled model per pass."""
+    model = tiny_classifier.float()
+    rng = np.random.default_rng(1)
+    residues = list("ACDEFGHIKLMNPQRSTVWY")
+    test = pd.DataFrame(
+        {
+            "sequence": [
+                "M" + "".join(rng.choice(residues, rng.integers(8, 30))) for _ in range(18)
+            ],
+            "ec_class": [1, 2, 3] * 6,
+        }
+    )
+    units = pd.DataFrame(
+        [(layer, module, unit) for layer in range(3) for module in MODULES for unit in range(8)],
+        columns=["layer", "module", "unit"],
+    )
+    own = {1: units.iloc[[0, 9, 40]], 3: units.iloc[[5, 77]]}
+    controls = matched_units_by_class(own, units, np.random.default_rng(0), 3)
+    interventions = [(sets, factor) for factor in (0.0, 2.0) for sets in [own, *controls]]
+    classes = [1, 2, 3, 4, 5, 6]
+    batched = knowledge.many_class_effects(model, test, classes, interventions, max_tokens=1 << 20)
+    for (sets, factor), effects in zip(interventions, batched, strict=True):
+        alone = class_effects(model, test, classes, sets, factor, max_tokens=1)
+        for quantity in ("p_true", "accuracy"):
+            pd.testing.assert_frame_equal(effects[quantity], alone[quantity], rtol=0, atol=1e-6)
+            assert effects[quantity].loc[2].isna().all()  # a class without units: a NaN row

@@ -170,6 +170,7 @@ class SweepSettings:
     normalize: str
     bootstrap: int
     batch_size: int
+    max_tokens: int
     device: str
     methods: tuple[str, ...]
 
@@ -184,6 +185,7 @@ class KnowledgeSettings:
     max_count: int
     matched_sets: int
     test_sequences: int
+    max_tokens: int
     device: str
     max_sequences: int
 

@@ -12,6 +12,8 @@ percentile-bootstrap interval over test sequences):
 - within-module pruning (scope = a module type M): the top-r of M's units by each method (and
   `control_draws` random draws), every other module intact.
 Single models (full, scored) get the interval; draws are summarised by their mean per seed.
+The selections are rows of one boolean matrix (`selections`); the models run several to a
+forward pass (`sweep.max_tokens`), with the same predictions as one at a time.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,63 +71,80 @@ KEPT_COLUMNS = [
 
 
 @dataclass(frozen=True)
-class Selection:
-    """One pruned model to evaluate: `selected` has the scored rows and a boolean `kept`."""
+class Plan:
+    """Every pruned model of one seed as arrays over the rows of the unit table `units`.
 
-    selection: str
-    method: str
-    scope: str
-    retention: float
-    draw: int
-    selected: pd.DataFrame | None
+    labels: one row per model (selection, method, scope, retention, draw), in the results'
+    order. kept: (models, rows) bool; a row outside a model's scope is kept (intact).
+    scopes: the rows each scope prunes (`global`: all rows; a module type: its rows).
+    """
 
-
-def random_scores(units: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """`units` with uniform random scores: a random ranking for `selection.select`."""
-    return units.assign(score=rng.random(len(units)))
+    units: pd.DataFrame
+    labels: pd.DataFrame
+    kept: np.ndarray
+    scopes: dict[str, np.ndarray]
 
 
-def matched_random(selected: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """A random selection with exactly `selected`'s kept count in every (layer, module) cell."""
-    cells = [selected["layer"], selected["module"]]
-    quota = selected["kept"].groupby(cells).transform("sum").to_numpy()
-    rank = (
-        pd.Series(rng.random(len(selected)), index=selected.index)
-        .groupby(cells)
-        .rank(method="first")
-    )
-    return selected.assign(kept=rank.to_numpy() <= quota)
-
-
-def selections(
-    scores: Mapping[str, pd.DataFrame], settings: SweepSettings, seed: int
-) -> Iterator[Selection]:
-    """Every pruned model of one seed, in a fixed order (results do not depend on the order:
-    each random draw has its own generator keyed by (seed, purpose, draw))."""
-    yield Selection("full", "full", GLOBAL, 1.0, 0, None)
-    units = next(iter(scores.values()))[_unit_columns(next(iter(scores.values())))]
-    for method, table in scores.items():
-        for r in settings.retention_ratios:
-            chosen = selection.select(table, r, settings.normalize)
-            yield Selection("scored", method, GLOBAL, r, 0, chosen)
+def selections(scores: Mapping[str, pd.DataFrame], settings: SweepSettings, seed: int) -> Plan:
+    """Every pruned model of one seed, built with one sort per ranking (results do not depend
+    on the order: each random draw has its own generator keyed by (seed, purpose, draw))."""
+    units = _common_units(scores)
+    n = len(units)
+    cell, _ = selection.cell_ids(units)
+    ranked = {m: selection.ranking_scores(t, settings.normalize) for m, t in scores.items()}
+    labels, kept = [("full", "full", GLOBAL, 1.0, 0)], [np.ones((1, n), dtype=bool)]
+    ratios = settings.retention_ratios
+    for method in scores:
+        top = selection.top_fractions(selection.ranking_order(units, ranked[method]), ratios, n)
+        for r, chosen in zip(ratios, top, strict=True):
+            labels.append(("scored", method, GLOBAL, r, 0))
+            kept.append(chosen[None])
             for draw in range(settings.control_draws):
                 rng = np.random.default_rng([seed, 1, _stable_id(method), _ratio_id(r), draw])
-                yield Selection("matched", method, GLOBAL, r, draw, matched_random(chosen, rng))
+                labels.append(("matched", method, GLOBAL, r, draw))
+                kept.append(selection.matched_random(chosen, cell, rng.random(n))[None])
     for draw in range(settings.random_draws):
-        ranking = random_scores(units, np.random.default_rng([seed, 2, draw]))
-        for r in settings.retention_ratios:
-            yield Selection("random", "random", GLOBAL, r, draw, selection.select(ranking, r))
-    modules = list(dict.fromkeys(units["module"]))
-    for module in modules:
-        in_module = units["module"] == module
+        ranking = np.random.default_rng([seed, 2, draw]).random(n)
+        kept.append(selection.top_fractions(selection.ranking_order(units, ranking), ratios, n))
+        labels += [("random", "random", GLOBAL, r, draw) for r in ratios]
+    scopes = {GLOBAL: np.arange(n)}
+    for module in dict.fromkeys(units["module"]):
+        rows = scopes[module] = np.flatnonzero(units["module"].to_numpy() == module)
         for r in settings.module_ratios:
-            for method, table in scores.items():
-                chosen = selection.select(table[in_module.to_numpy()], r, settings.normalize)
-                yield Selection("scored", method, module, r, 0, chosen)
+            for method in scores:
+                order = selection.ranking_order(units, ranked[method], rows)
+                labels.append(("scored", method, module, r, 0))
+                kept.append(_within(rows, selection.top_fractions(order, [r], n, len(rows))))
             for draw in range(settings.control_draws):
                 rng = np.random.default_rng([seed, 3, _stable_id(module), _ratio_id(r), draw])
-                ranking = random_scores(units[in_module], rng)
-                yield Selection("random", "random", module, r, draw, selection.select(ranking, r))
+                ranking = np.zeros(n)
+                ranking[rows] = rng.random(len(rows))
+                order = selection.ranking_order(units, ranking, rows)
+                labels.append(("random", "random", module, r, draw))
+                kept.append(_within(rows, selection.top_fractions(order, [r], n, len(rows))))
+    columns = ["selection", "method", "scope", "retention", "draw"]
+    return Plan(units, pd.DataFrame(labels, columns=columns), np.concatenate(kept), scopes)
+
+
+def _within(rows: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """A selection of `rows` only: every other row kept."""
+    kept = np.ones_like(chosen)
+    kept[:, rows] = chosen[:, rows]
+    return kept
+
+
+def _common_units(scores: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The unit table every method's scores share, row for row."""
+    tables = iter(scores.items())
+    first_method, first = next(tables)
+    columns = _unit_columns(first)
+    units = first[columns].reset_index(drop=True)
+    for method, table in tables:
+        if list(table.columns) != list(first.columns) or not table[columns].reset_index(
+            drop=True
+        ).equals(units):
+            raise ValueError(f"the scores of {method} and {first_method} list different units")
+    return units
 
 
 def _unit_columns(table: pd.DataFrame) -> list[str]:
@@ -141,18 +160,18 @@ def _ratio_id(ratio: float) -> int:
     return int(round(float(ratio) * 1_000_000))
 
 
-def effective_counts(
-    selected: pd.DataFrame, masks: Mapping, config: Mapping
-) -> dict[tuple[int, str], int]:
-    """Per (layer, module): kept units (or weights) that can affect the output (`stats`)."""
+def effective_counts(masks: Mapping, config: Mapping) -> dict[tuple[int, str], np.ndarray]:
+    """Per (layer, module): for each model of `masks` ((models, ...) each), its kept units (or
+    weights) that can affect the output (`stats.effective_masks`)."""
     effective = stats.effective_masks(
         {key: mask.numpy() for key, mask in masks.items()},
         num_layers=config["num_layers"],
         embed_dim=config["embed_dim"],
         heads=config["attention_heads"],
         ffn_dim=config["ffn_embed_dim"],
+        models=True,
     )
-    return {key: int(mask.sum()) for key, mask in effective.items()}
+    return {key: mask.reshape(len(mask), -1).sum(axis=1) for key, mask in effective.items()}
 
 
 def evaluate_seed(
@@ -166,36 +185,54 @@ def evaluate_seed(
     max_length: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, kept): one results row per pruned model (RESULT_COLUMNS) and, for each method's
-    global selections, its kept and effective counts per (layer, module) (KEPT_COLUMNS)."""
+    global selections, its kept and effective counts per (layer, module) (KEPT_COLUMNS).
+    `settings.max_tokens` padded tokens per forward pass (`train.token_budget`) decide how many
+    models share one."""
     index = {c: k for k, c in enumerate(classes)}
     y_true = np.array([index[c] for c in test["ec_class"]])
     sequences = list(test["sequence"])
     config = esm_config(model.esm)
     config.setdefault("ffn_embed_dim", model.esm.layers[0].fc1.out_features)
-    rows, kept_rows = [], []
+    plan = selections(scores, settings, seed)
+    masks = selection.stacked_masks(plan.units, plan.kept)
     batches = train.token_batches(sequences, batch_size=settings.batch_size, max_length=max_length)
-    planned = _count(scores, settings)
-    started, done = time.monotonic(), 0
-    for item in selections(scores, settings, seed):
-        masks = selection.keep_masks(item.selected) if item.selected is not None else {}
-        with torch.no_grad():
-            probs = train.predict_proba(model, sequences, keep=masks, batches=batches)
-        predicted = probs.argmax(-1).numpy()
-        correct = (predicted == y_true).astype(float)
-        metrics = train.classification_metrics(y_true, predicted, classes)
-        low = high = b_low = b_high = np.nan
-        if item.selection in SINGLE_MODELS:  # a draw's interval is never reported: its mean is
-            low, high = stats.bootstrap_ci(correct, n_boot=settings.bootstrap, seed=seed)
-            b_low, b_high = stats.bootstrap_balanced_ci(
-                correct, y_true, n_boot=settings.bootstrap, seed=seed
+    n_models = len(plan.labels)
+    budget = train.token_budget(settings.max_tokens, model)
+    group = train.models_per_pass(batches, budget, "input" in plan.units.columns)
+    log.info("%d pruned models, %d per forward pass", n_models, group)
+    started = time.monotonic()
+
+    def report(done: int) -> None:
+        if done % 25 < group or done == n_models:
+            log.info(
+                "%d/%d pruned models; %.1f models/s",
+                done,
+                n_models,
+                done / max(time.monotonic() - started, 1e-9),
             )
+
+    probs = train.predict_proba_models(
+        model, masks, n_models, batches, max_tokens=budget, on_pass=report
+    )
+    predicted = probs.argmax(-1).numpy()
+    correct = (predicted == y_true).astype(float)
+    single = plan.labels["selection"].isin(SINGLE_MODELS).to_numpy()
+    intervals = np.full((n_models, 4), np.nan)  # a draw's interval is never reported: its mean is
+    intervals[single, :2] = stats.bootstrap_cis(correct[single], settings.bootstrap, seed)
+    intervals[single, 2:] = stats.bootstrap_balanced_cis(
+        correct[single], y_true, settings.bootstrap, seed
+    )
+    glob = ((plan.labels["scope"] == GLOBAL) & (plan.labels["selection"] != "full")).to_numpy()
+    effective = effective_counts({k: m[torch.tensor(glob)] for k, m in masks.items()}, config)
+    effective_row = np.cumsum(glob) - 1  # a global model's row in `effective`
+    cell, keys = selection.cell_ids(plan.units)
+    rows, kept_rows = [], []
+    for m, label in enumerate(plan.labels.itertuples(index=False)):
+        metrics = train.classification_metrics(y_true, predicted[m], classes)
+        low, high, b_low, b_high = intervals[m]
         row = {
             "seed": seed,
-            "selection": item.selection,
-            "method": item.method,
-            "scope": item.scope,
-            "retention": item.retention,
-            "draw": item.draw,
+            **label._asdict(),
             "accuracy": metrics["accuracy"],
             "ci_low": low,
             "ci_high": high,
@@ -204,54 +241,34 @@ def evaluate_seed(
             "balanced_ci_low": b_low,
             "balanced_ci_high": b_high,
         }
-        if item.selected is None:
+        if label.selection == "full":
             row.update(n_total=np.nan, n_kept=np.nan, n_effective=np.nan)
         else:
-            row.update(n_total=len(item.selected), n_kept=int(item.selected["kept"].sum()))
+            scope = plan.scopes[label.scope]
+            row.update(n_total=len(scope), n_kept=int(plan.kept[m, scope].sum()))
             row["n_effective"] = np.nan
-            if item.scope == GLOBAL:
-                effective = effective_counts(item.selected, masks, config)
-                row["n_effective"] = sum(effective.values())
-                if item.selection == "scored":
-                    for cell in selection.kept_counts(item.selected):
-                        cell_key = (cell["layer"], cell["module"])
-                        kept_rows.append(
-                            {
-                                "seed": seed,
-                                "method": item.method,
-                                "retention": item.retention,
-                                **cell,
-                                "n_effective": effective[cell_key],
-                            }
-                        )
+            if label.scope == GLOBAL:
+                per_cell = {key: int(effective[key][effective_row[m]]) for key in keys}
+                row["n_effective"] = sum(per_cell.values())
+                if label.selection == "scored":
+                    n_neurons = np.bincount(cell, minlength=len(keys))
+                    n_kept = np.bincount(cell, weights=plan.kept[m], minlength=len(keys))
+                    kept_rows += [
+                        {
+                            "seed": seed,
+                            "method": label.method,
+                            "retention": label.retention,
+                            "layer": key[0],
+                            "module": key[1],
+                            "n_neurons": int(n_neurons[c]),
+                            "n_kept": int(n_kept[c]),
+                            "n_effective": per_cell[key],
+                        }
+                        for c, key in enumerate(keys)
+                    ]
         rows.append(row)
-        done += 1
-        if done % 25 == 0 or done == planned:
-            elapsed = time.monotonic() - started
-            log.info(
-                "%d/%d pruned models (%s %s at %.4g: accuracy %.3f); %.1f models/s",
-                done,
-                planned,
-                item.selection,
-                item.method,
-                item.retention,
-                row["accuracy"],
-                done / max(elapsed, 1e-9),
-            )
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     return results, pd.DataFrame(kept_rows, columns=KEPT_COLUMNS)
-
-
-def _count(scores: Mapping, settings: SweepSettings) -> int:
-    n_ratios, n_module = len(settings.retention_ratios), len(settings.module_ratios)
-    n_modules = next(iter(scores.values()))["module"].nunique()
-    per_method = n_ratios * (1 + settings.control_draws) + n_modules * n_module
-    return (
-        1
-        + len(scores) * per_method
-        + settings.random_draws * n_ratios
-        + n_modules * n_module * settings.control_draws
-    )
 
 
 def evaluate(input, output, settings: SweepSettings, wildcards) -> None:

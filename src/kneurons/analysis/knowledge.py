@@ -34,7 +34,7 @@ from kneurons.model.esm import (
     load_classifier,
     pick_device,
 )
-from kneurons.model.train import predict_proba
+from kneurons.model.train import predict_proba_models, token_batches, token_budget
 from kneurons.model.units import INTERVENTIONS, UNIT_COLUMNS
 from kneurons.settings import KnowledgeSettings
 
@@ -141,6 +141,7 @@ def class_effects(
     *,
     max_length: int | None = None,
     baseline: torch.Tensor | None = None,
+    max_tokens: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """{"p_true", "accuracy"}: class x class effect matrices of scaling each class's units by
     `factor`. Row c (index `neuron_class`): class c's units (`units_by_class[c]`) scaled;
@@ -148,33 +149,81 @@ def class_effects(
     class) (resp. the change in accuracy) over the test sequences of class c'. `classes` is the
     head's class order; `test_table` has `sequence` and `ec_class`. Rows of classes without
     units and columns of classes without test sequences are NaN. `baseline`: the unmodified
-    model's `predict_proba` on the test sequences, if already computed."""
+    model's `predict_proba` on the test sequences, if already computed. The scaled models run
+    several to a forward pass (`max_tokens`, as `many_class_effects`)."""
+    return many_class_effects(
+        model,
+        test_table,
+        classes,
+        [(units_by_class, factor)],
+        batch_size,
+        max_length=max_length,
+        baseline=baseline,
+        max_tokens=max_tokens,
+    )[0]
+
+
+def many_class_effects(
+    model: EnzymeClassifier,
+    test_table: pd.DataFrame,
+    classes: Sequence,
+    interventions: Sequence[tuple[Mapping, float]],
+    batch_size: int = 64,
+    *,
+    max_length: int | None = None,
+    baseline: torch.Tensor | None = None,
+    max_tokens: int = 0,
+) -> list[dict[str, pd.DataFrame]]:
+    """`class_effects` of each (units_by_class, factor) of `interventions`, in that order: one
+    scaled model per (intervention, class with units), run `train.models_per_pass` to a
+    forward pass (`max_tokens` padded tokens, `train.token_budget`; 1: one model per pass)."""
     sequences = list(test_table["sequence"])
     position = {c: k for k, c in enumerate(classes)}
     y_true = np.array([position[c] for c in test_table["ec_class"]])
     seq_classes = np.asarray(test_table["ec_class"])
-
-    def predict(keep=None):
-        with torch.no_grad():
-            return predict_proba(
-                model, sequences, batch_size=batch_size, max_length=max_length, keep=keep
-            )
-
-    base = _p_true_and_correct(predict() if baseline is None else baseline, y_true)
-    rows = {quantity: {} for quantity in EFFECT_QUANTITIES}
-    for c in classes:
-        units = units_by_class.get(c)
-        if units is None or len(units) == 0:
-            for quantity in EFFECT_QUANTITIES:
-                rows[quantity][c] = pd.Series(np.nan, index=list(classes))
-            continue
-        scaled = _p_true_and_correct(predict(scale_masks(model, units, factor)), y_true)
+    batches = token_batches(sequences, batch_size=batch_size, max_length=max_length)
+    models = [
+        (i, c, scale_masks(model, chosen[c], factor))
+        for i, (chosen, factor) in enumerate(interventions)
+        for c in classes
+        if chosen.get(c) is not None and len(chosen[c]) > 0
+    ]
+    probs = predict_proba_models(
+        model,
+        stack_masks(model, [masks for _, _, masks in models]),
+        len(models),
+        batches,
+        max_tokens=token_budget(max_tokens, model),
+    )
+    if baseline is None:
+        baseline = predict_proba_models(model, {}, 1, batches)[0]
+    base = _p_true_and_correct(baseline, y_true)
+    rows = [{quantity: {} for quantity in EFFECT_QUANTITIES} for _ in interventions]
+    for (i, c, _), scaled_probs in zip(models, probs, strict=True):
+        scaled = _p_true_and_correct(scaled_probs, y_true)
         for quantity, after, before in zip(EFFECT_QUANTITIES, scaled, base, strict=True):
             change = pd.Series(after - before).groupby(seq_classes).mean()
-            rows[quantity][c] = change.reindex(list(classes))
-    return {
-        quantity: _class_effect_frame(rows[quantity], classes) for quantity in EFFECT_QUANTITIES
-    }
+            rows[i][quantity][c] = change.reindex(list(classes))
+    effects = []
+    for i in range(len(interventions)):
+        for quantity in EFFECT_QUANTITIES:
+            for c in classes:
+                rows[i][quantity].setdefault(c, pd.Series(np.nan, index=list(classes)))
+        effects.append({q: _class_effect_frame(rows[i][q], classes) for q in EFFECT_QUANTITIES})
+    return effects
+
+
+def stack_masks(
+    model: EnzymeClassifier, masks: Sequence[Mapping[tuple[int, str], torch.Tensor]]
+) -> dict[tuple[int, str], torch.Tensor]:
+    """One (models, units) mask per (layer, module) that any of `masks` (one dict of (units,)
+    masks per model) touches; a model that leaves a module intact gets ones there."""
+    keys = list(dict.fromkeys(key for model_masks in masks for key in model_masks))
+    stacked = {}
+    for key in keys:
+        ones = torch.ones(linear(model.esm, *key).out_features, dtype=torch.float64)
+        stacked[key] = torch.stack([m.get(key, ones).to(torch.float64) for m in masks])
+    return stacked
 
 
 def _p_true_and_correct(probs: torch.Tensor, y_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -395,28 +444,33 @@ def effects_with_controls(
     matched_sets: int,
     seed: int,
     max_length: int | None = None,
+    max_tokens: int = 0,
 ) -> pd.DataFrame:
     """Long table of every intervention's class x class effects: intervention (suppress,
     amplify), set (knowledge, or matched: `matched_sets` random unit sets with each class's
     per-(layer, module) counts), draw, quantity, neuron_class, sequence_class, effect."""
-    with torch.no_grad():
-        baseline = predict_proba(model, list(test["sequence"]), max_length=max_length)
     own = units_by_class(neurons)
     rng = np.random.default_rng([seed, 4])
     controls = matched_units_by_class(own, units, rng, matched_sets) if own else []
-    frames = []
-    for intervention, factor in INTERVENTIONS.items():
-        for set_name, draw, chosen in [("knowledge", 0, own)] + [
-            ("matched", draw, sets) for draw, sets in enumerate(controls)
-        ]:
-            if not chosen:
-                continue
-            effects = class_effects(
-                model, test, classes, chosen, factor, max_length=max_length, baseline=baseline
-            )
-            frames.append(
-                effect_table(effects).assign(intervention=intervention, set=set_name, draw=draw)
-            )
+    runs = [
+        (intervention, set_name, draw, chosen, factor)
+        for intervention, factor in INTERVENTIONS.items()
+        for set_name, draw, chosen in [("knowledge", 0, own)]
+        + [("matched", draw, sets) for draw, sets in enumerate(controls)]
+        if chosen
+    ]
+    effects = many_class_effects(
+        model,
+        test,
+        classes,
+        [(chosen, factor) for *_, chosen, factor in runs],
+        max_length=max_length,
+        max_tokens=max_tokens,
+    )
+    frames = [
+        effect_table(run_effects).assign(intervention=intervention, set=set_name, draw=draw)
+        for (intervention, set_name, draw, _, _), run_effects in zip(runs, effects, strict=True)
+    ]
     columns = ["intervention", "set", "draw", "quantity", "neuron_class", "sequence_class"]
     if not frames:
         return pd.DataFrame(columns=[*columns, "effect"])
@@ -491,6 +545,7 @@ def knowledge(input, output, settings: KnowledgeSettings, wildcards) -> None:
         matched_sets=settings.matched_sets,
         seed=seed,
         max_length=max_length,
+        max_tokens=settings.max_tokens,
     )
     motifs = motif_table(
         classifier,

@@ -30,18 +30,69 @@ def percentile_interval(samples: Sequence[float], level: float = 0.95) -> tuple[
     return float(low), float(high)
 
 
+def resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n): `n_boot` resamples of n elements with replacement, drawn from
+    `numpy.random.default_rng(seed)`."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _resampled(values: np.ndarray, indices: np.ndarray, reduce) -> np.ndarray:
+    """reduce(values[:, indices]) over the last axis, (models, n_boot), a few models at a time
+    (the gathered block is models x n_boot x n)."""
+    step = max(1, (1 << 24) // max(1, indices.size))
+    return np.concatenate(
+        [reduce(values[m : m + step, indices]) for m in range(0, len(values), step)]
+    ).reshape(len(values), len(indices))
+
+
+def bootstrap_cis(
+    values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> np.ndarray:
+    """(models, 2): the percentile bootstrap interval of the mean of each row of `values`
+    (models, n), e.g. per-sequence 0/1 correctness of many models: `n_boot` resamples of the
+    n columns with replacement (the same resamples for every row, drawn from
+    `numpy.random.default_rng(seed)`), so the same inputs give the same intervals."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2 or values.shape[1] == 0:
+        raise ValueError(f"need a non-empty (models, n) sample, got shape {values.shape}")
+    indices = resample_indices(values.shape[1], n_boot, seed)
+    means = _resampled(values, indices, lambda block: block.mean(axis=-1))
+    return _percentile_rows(means, level)
+
+
 def bootstrap_ci(
     values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of a 1-D sample (e.g. per-sequence 0/1
-    correctness): `n_boot` resamples of the elements with replacement, drawn from
-    `numpy.random.default_rng(seed)`, so the same inputs give the same interval."""
+    """Percentile bootstrap interval of the mean of a 1-D sample (`bootstrap_cis` of one row)."""
     values = np.asarray(values, dtype=float)
     if values.ndim != 1 or len(values) == 0:
         raise ValueError(f"need a non-empty 1-D sample, got shape {values.shape}")
-    rng = np.random.default_rng(seed)
-    indices = rng.integers(0, len(values), size=(n_boot, len(values)))
-    return percentile_interval(bootstrap_means(values, indices), level)
+    low, high = bootstrap_cis(values[None], n_boot, seed, level)[0]
+    return float(low), float(high)
+
+
+def bootstrap_balanced_cis(
+    correct: np.ndarray,
+    labels: Sequence[int],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> np.ndarray:
+    """(models, 2): percentile bootstrap intervals of balanced accuracy (the mean over classes
+    of the per-class share correct) of each row of `correct` (models, n), resampling sequences
+    as `bootstrap_cis` does (same seed, same resamples); a class absent from a resample is left
+    out of that replicate's mean."""
+    correct = np.asarray(correct, dtype=float)
+    labels = np.asarray(labels)
+    indices = resample_indices(correct.shape[1], n_boot, seed)
+    per_class = []
+    for label in np.unique(labels):
+        member = (labels == label)[indices]  # (n_boot, n)
+        n_member = member.sum(axis=1)
+        hits = _resampled(correct, indices, lambda block, member=member: (block * member).sum(-1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class.append(np.where(n_member > 0, hits / n_member, np.nan))
+    return _percentile_rows(np.nanmean(np.stack(per_class), axis=0), level)
 
 
 def bootstrap_balanced_ci(
@@ -51,20 +102,15 @@ def bootstrap_balanced_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of balanced accuracy (the mean over classes of the
-    per-class share correct), resampling sequences as `bootstrap_ci` does (same seed, same
-    resamples); a class absent from a resample is left out of that replicate's mean."""
+    """Percentile bootstrap interval of balanced accuracy of one model's per-sequence
+    correctness (`bootstrap_balanced_cis` of one row)."""
     correct = np.asarray(correct, dtype=float)
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    indices = rng.integers(0, len(correct), size=(n_boot, len(correct)))
-    per_class = []
-    for label in np.unique(labels):
-        member = (labels == label)[indices]
-        hits = (correct[indices] * member).sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_class.append(np.where(member.any(axis=1), hits / member.sum(axis=1), np.nan))
-    return percentile_interval(np.nanmean(np.vstack(per_class), axis=0), level)
+    low, high = bootstrap_balanced_cis(correct[None], labels, n_boot, seed, level)[0]
+    return float(low), float(high)
+
+
+def _percentile_rows(samples: np.ndarray, level: float) -> np.ndarray:
+    return np.array([percentile_interval(row, level) for row in samples]).reshape(-1, 2)
 
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -199,11 +245,15 @@ def effective_masks(
     embed_dim: int,
     heads: int,
     ffn_dim: int,
+    *,
+    models: bool = False,
 ) -> dict[tuple[int, str], np.ndarray]:
     """The kept units (or weights) of `keep` that can still change the model's output.
 
     `keep` maps (layer, module) to a boolean mask over the module's output units (units,) or
-    its weights (units, inputs); a module not in `keep` is intact. out_proj and fc2 units write
+    its weights (units, inputs); a module not in `keep` is intact. With `models`, every mask
+    has a leading axis of models, (models, units) or (models, units, inputs), each model
+    judged on its own. out_proj and fc2 units write
     to the residual stream, so all of them count. An fc1 unit counts if an fc2 unit reads it;
     a v unit if an out_proj unit reads it. A head's attention pattern (its q and k) matters
     only if it mixes something that varies (a v unit with input weights) and is read by
@@ -215,43 +265,55 @@ def effective_masks(
     and fc1 unit j (v unit j) is read only through a kept weight of input column j of fc2
     (out_proj). Returns the masks of `keep`, same keys and shapes: kept AND effective.
     """
+    keep = {key: np.asarray(mask, dtype=bool) for key, mask in keep.items()}
+    if not models:
+        keep = {key: mask[None] for key, mask in keep.items()}
     head_dim = embed_dim // heads
     widths = {"embed": embed_dim, "ffn": ffn_dim}
     units = {m.name: widths[m.width] for m in MODULE_TYPES}
+    n_models = {mask.shape[0] for mask in keep.values()}
+    if len(n_models) > 1:
+        raise ValueError(f"masks for different numbers of models: {sorted(n_models)}")
+    n_models = n_models.pop() if n_models else 1
     for (layer, module), mask in keep.items():
         if not 0 <= layer < num_layers or module not in units:
             raise ValueError(f"unknown unit group ({layer}, {module!r})")
-        if np.shape(mask)[0] != units[module]:
-            raise ValueError(f"({layer}, {module}): {np.shape(mask)[0]} units, not {units[module]}")
+        if mask.ndim not in (2, 3) or mask.shape[1] != units[module]:
+            raise ValueError(f"({layer}, {module}): {mask.shape[1]} units, not {units[module]}")
 
     def mask_of(layer, module):
-        return np.asarray(keep.get((layer, module), np.ones(units[module], bool)), dtype=bool)
+        return keep.get((layer, module), np.ones((n_models, units[module]), bool))
 
     def nonzero(mask):  # per unit: the output is not identically 0
-        return mask if mask.ndim == 1 else np.ones(len(mask), bool)
+        return mask if mask.ndim == 2 else np.ones(mask.shape[:2], bool)
 
     def varying(mask):  # per unit: the output depends on the input
-        return mask if mask.ndim == 1 else mask.any(axis=1)
+        return mask if mask.ndim == 2 else mask.any(axis=2)
 
     def read_columns(mask, n_inputs):  # per input: some kept unit reads it
-        return np.full(n_inputs, mask.any()) if mask.ndim == 1 else mask.any(axis=0)
+        if mask.ndim == 2:
+            return np.repeat(mask.any(axis=1, keepdims=True), n_inputs, axis=1)
+        return mask.any(axis=1)
 
     def layer_matters(layer):  # per module of `layer`: which units can change the output
         masks = {module: mask_of(layer, module) for module in units}
         v_read = read_columns(masks["out_proj"], embed_dim)
-        head_matters = (varying(masks["v_proj"]) & v_read).reshape(heads, head_dim).any(axis=1)
+        head_matters = (varying(masks["v_proj"]) & v_read).reshape(n_models, heads, head_dim)
+        head_matters = head_matters.any(axis=2)
         index = np.arange(embed_dim)
         partner, head_of = rotary_partner(index, head_dim), index // head_dim
         matters = {}
         for m in MODULE_TYPES:  # the reach rules of model.units
             kind, _, other = m.reach.partition(":")
             if kind == "residual":
-                matters[m.name] = np.ones(units[m.name], bool)
+                matters[m.name] = np.ones((n_models, units[m.name]), bool)
             elif kind == "read_by":
                 matters[m.name] = read_columns(masks[other], units[m.name])
             elif kind == "logit":
                 other_nonzero = nonzero(masks[other])
-                matters[m.name] = head_matters[head_of] & (other_nonzero | other_nonzero[partner])
+                matters[m.name] = head_matters[:, head_of] & (
+                    other_nonzero | other_nonzero[:, partner]
+                )
             else:
                 raise ValueError(f"{m.name}: unknown reach rule {m.reach!r}")
         return matters
@@ -259,7 +321,7 @@ def effective_masks(
     matters = {layer: layer_matters(layer) for layer in {layer for layer, _ in keep}}
     effective = {}
     for (layer, module), mask in keep.items():
-        mask = np.asarray(mask, dtype=bool)
         unit_matters = matters[layer][module]  # per weight: the weight's unit decides
-        effective[(layer, module)] = mask & unit_matters.reshape(-1, *[1] * (mask.ndim - 1))
+        both = mask & unit_matters.reshape(*unit_matters.shape, *[1] * (mask.ndim - 2))
+        effective[(layer, module)] = both if models else both[0]
     return effective

@@ -280,25 +280,47 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 @contextmanager
 def ablated(
-    model: EnzymeClassifier, keep: Mapping[tuple[int, str], torch.Tensor]
+    model: EnzymeClassifier,
+    keep: Mapping[tuple[int, str], torch.Tensor],
+    models: int | None = None,
 ) -> Iterator[None]:
-    """Ablate what `keep` marks False: per unit (a (units,) mask: the unit's output is zero, the
-    same as zeroing its weight row and bias) or per weight (a (units, inputs) mask: those
-    weights are zero, the bias is kept)."""
+    """Ablate what `keep` marks False (or scale by a float mask): per unit (a (units,) mask: the
+    unit's output times the mask, the same as scaling its weight row and bias) or per weight (a
+    (units, inputs) mask: those weights are zero, the bias is kept).
+
+    `models`: the batch holds that many copies of the sequences, model-major (`tokens.repeat`),
+    and each unit mask has a leading models axis, (models, units): copy m gets mask m, so one
+    forward pass runs `models` pruned models. Each output is the same product as with one
+    model per pass. Per-weight masks run one model per pass (models 1, mask (1, units, inputs)).
+    """
     handles = []
     try:
         for (layer, module), mask in keep.items():
-            scale = mask.to(dtype=torch.float32)
             target = linear(model.esm, layer, module)
+            per_model = models is not None and models > 1
+            if models is not None:
+                if mask.shape[0] != models:
+                    raise ValueError(f"({layer}, {module}): {mask.shape[0]} masks for {models}")
+                if per_model and mask.ndim == 3:
+                    raise ValueError("per-weight masks are applied one model per pass")
+                mask = mask if per_model else mask[0]
+            scale = mask.to(device=target.weight.device, dtype=target.weight.dtype)
 
             def unit_hook(_mod, _inp, out, scale=scale):
-                return out * scale.to(device=out.device, dtype=out.dtype)
+                return out * scale.to(dtype=out.dtype)
+
+            def models_hook(_mod, _inp, out, scale=scale):
+                # (T, models x B, U) viewed as (T, models, B, U), times (models, 1, U)
+                by_model = out.unflatten(1, (len(scale), -1))
+                return (by_model * scale.to(dtype=out.dtype)[:, None]).flatten(1, 2)
 
             def weight_hook(mod, inp, _out, scale=scale):
-                weight = mod.weight * scale.to(device=mod.weight.device, dtype=mod.weight.dtype)
-                return nn.functional.linear(inp[0], weight, mod.bias)
+                return nn.functional.linear(inp[0], mod.weight * scale, mod.bias)
 
-            hook = weight_hook if mask.ndim == 2 else unit_hook
+            if per_model:
+                hook = models_hook
+            else:
+                hook = weight_hook if scale.ndim == 2 else unit_hook
             handles.append(target.register_forward_hook(hook))
         yield
     finally:

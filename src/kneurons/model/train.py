@@ -166,6 +166,68 @@ def predict_proba(
     return probs
 
 
+def token_budget(max_tokens: int, model: EnzymeClassifier) -> int:
+    """Padded tokens per forward pass of many pruned models (`sweep.max_tokens`,
+    `knowledge.max_tokens`): a positive value as given (1: one model per pass); 0 (auto) is one
+    model per pass on CPU, where the passes are compute-bound and sharing them gains nothing
+    (benchmarks/sweep_benchmark.py), and on CUDA as many tokens as fill a quarter of the free
+    memory at 64 x embed_dim bytes per token (16 float32 activations of the model's width)."""
+    if max_tokens > 0:
+        return max_tokens
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(free // 4 // (64 * model.esm.embed_dim)))
+
+
+def models_per_pass(
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]], max_tokens: int, per_weight: bool
+) -> int:
+    """How many pruned models share a forward pass: as many copies of the largest batch as fit
+    in `max_tokens` padded tokens (at least 1); per-weight masks run one model per pass."""
+    if per_weight or not max_tokens:
+        return 1
+    return max(1, max_tokens // max(tokens.numel() for _, tokens in batches))
+
+
+@torch.no_grad()
+def predict_proba_models(
+    model: EnzymeClassifier,
+    masks: Mapping[tuple[int, str], torch.Tensor],
+    n_models: int,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    max_tokens: int = 0,
+    on_pass=None,
+) -> torch.Tensor:
+    """Class probabilities (n_models, N, C) of `n_models` pruned models on the sequences of
+    `batches` (`token_batches`: N sequences, input order restored), several models per forward
+    pass: `masks` {(layer, module): (n_models, units) or (n_models, units, inputs)} (a module
+    not in `masks` is intact). Each copy of a batch gets its model's masks (`ablated`), so the
+    probabilities are those of one model per pass (bitwise on CPU, where the kernels compute
+    each row of a batch independently of the others). `on_pass(done)` is called after each
+    group of models."""
+    model.eval()
+    device = next(model.parameters()).device
+    n_sequences = sum(len(chunk) for chunk, _ in batches)
+    per_weight = any(mask.ndim == 3 for mask in masks.values())
+    group = models_per_pass(batches, max_tokens, per_weight)
+    probs = torch.empty(n_models, n_sequences, model.head.out_features)
+    for start in range(0, n_models, group):
+        stop = min(start + group, n_models)
+        keep = {key: mask[start:stop] for key, mask in masks.items()}
+        with ablated(model, keep, models=stop - start):
+            for chunk, tokens in batches:
+                logits = model(tokens.to(device).repeat(stop - start, 1))
+                probs[start:stop, chunk] = (
+                    logits.float().softmax(-1).cpu().unflatten(0, (stop - start, -1))
+                )
+        if on_pass is not None:
+            on_pass(stop)
+    return probs
+
+
 def classification_metrics(
     y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[int]
 ) -> dict:
