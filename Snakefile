@@ -23,3 +23,4 @@ rule all:
         rules.aggregate.output,
         rules.plots.output,
         rules.knowledge_summary.output if KNOWLEDGE else [],
+        pretrain_reports(),

@@ -70,6 +70,7 @@ FIRST = {
     "attribution.score": SCORES,
     "data.__init__": ["download"],
     "data.clusters": ["split"],
+    "data.corpus": [],  # the pretraining corpus: the small config does not pretrain
     "data.download": ["download"],
     "data.http": [],  # the UniProt client's transport: not used by a synthetic run
     "data.motifs": ["download", "knowledge"],
@@ -82,6 +83,7 @@ FIRST = {
     "model.attention": ["prepare_model"],
     "model.esm": ["prepare_model"],
     "model.hf_checkpoint": [],  # not used by the tiny model
+    "model.pretrain": [],  # the small config does not pretrain
     "model.release": [],  # not used by the tiny model
     "model.train": ["finetune"],
     "model.units": ["prepare_model", "baselines", *REPORTS],  # the effective-unit rules in stats
@@ -93,6 +95,7 @@ FIRST = {
     "reporting.knowledge_plots": ["knowledge_summary"],
     "reporting.knowledge_summary": ["knowledge_summary"],
     "reporting.plots": ["plots"],
+    "reporting.pretraining": [],  # the small config does not pretrain
     "reporting.pruning": ["aggregate", "plots"],
     "reporting.pruning_page": ["aggregate"],
     "reporting.style": ["plots", "knowledge_summary"],

@@ -37,12 +37,15 @@ def test_every_config_key_reaches_a_step_or_the_dag():
     dag = {"seeds", "scoring.methods", "scoring.jobs_per_layer", "knowledge.enabled"}
     dag |= {"model.name", "model.num_layers", "data.source", "data.table.path"}
     dag |= {"split.shared"}  # which splits exist; split.seed travels as the split's seed
+    dag |= {"model.pretrain.enabled", "model.pretrain.per_seed"}  # which pretrained models
     used = {f"finetune.{k}" for k in names(settings.FinetuneSettings)}
     used |= {f"sweep.{k}" for k in names(settings.SweepSettings)}
     used |= {f"knowledge.{k}" for k in names(settings.KnowledgeSettings)}
     used |= {f"plots.{k}" for k in names(settings.PlotSettings)}
     used |= {f"model.tiny.{k}" for k in names(settings.TinyModelSettings)} | {"model.url"}
     used |= {f"split.{k}" for k in names(settings.SplitSettings)}
+    pretrain = names(settings.CorpusSettings) | names(settings.PretrainSettings) | {"corpus"}
+    used |= {f"model.pretrain.{k}" for k in pretrain}
     used |= {f"scoring.{k}" for k in names(settings.ScoringSettings)}
     used |= {f"scoring.{k}" for m in REGISTRY.values() for k in m.settings}
     used |= {"scoring.normalize"}  # a sweep setting (how scores are ranked)

@@ -200,3 +200,26 @@ def test_paper_config_plans_the_papers_protocol(tmp_path):
     assert "fetch_pretrained_model" in plan and "esm2_t6_8M_UR50D" in plan
     # the small config's two seeds: 6 layers of IG each, one evaluation job per seed
     assert re.search(r"score_layer\s+12\b", plan) and re.search(r"evaluate\s+2\b", plan)
+
+
+def test_pretraining_end_to_end(tmp_path):
+    """The shared pretrained backbone: a corpus without labelled sequences, the masked-LM
+    report, and every seed fine-tuning the pretrained checkpoint (no per-seed tiny init)."""
+    path = make_workdir(tmp_path, layer_config("pretrain"))
+    result = snakemake(path)
+    assert re.search(r"pretrain\s+1\b", result.stdout + result.stderr)
+    corpus = pd.read_csv(path / "results/pretrain/corpus.tsv", sep="\t", keep_default_na=False)
+    labelled = pd.read_csv(path / "results/data/sequences.tsv", sep="\t")
+    assert set(corpus["sequence"]).isdisjoint(labelled["sequence"])
+    assert (corpus["part"] == "heldout").sum() == round(0.1 * len(corpus))
+    report = json.loads((path / "results/pretrain/corpus.json").read_text())
+    assert report["train"] + report["heldout"] == len(corpus) <= report["pool"] == 240
+    metrics = pd.read_csv(path / "results/pretrain/shared/metrics.tsv", sep="\t")
+    assert {"model", "unigram"} == set(metrics["predictor"])
+    assert {"all", "motif", "background"} <= set(metrics["region"])
+    assert (metrics["ci_low"] <= metrics["value"]).all()
+    assert (path / "results/pretrain/shared/pretraining.png").stat().st_size > 0
+    assert not list((path / "resources/models").glob("esm2_tiny_seed*.pt"))
+    plan = snakemake(path, "--dry-run", "--forcerun", "finetune", "--rerun-triggers", "mtime")
+    assert "resources/models/pretrained_shared.pt" in plan.stdout  # finetune's input
+    assert "masked accuracy" in (path / "results/logs/pretrain/shared.log").read_text()

@@ -112,6 +112,15 @@ def check_config(config: Mapping, methods: Mapping) -> None:
         raise config_error(
             "model.tiny.embed_dim", "must be divisible by model.tiny.attention_heads"
         )
+    pretrain = config["model"]["pretrain"]
+    if pretrain["enabled"] and not pretrain["corpus"] and data["source"] != "synthetic":
+        raise config_error(
+            "model.pretrain.corpus",
+            "is empty: the synthetic pool serves only data.source synthetic; give a FASTA or "
+            "table of unlabeled sequences",
+        )
+    if pretrain["enabled"] and pretrain["corpus"] and not Path(pretrain["corpus"]).is_file():
+        raise config_error("model.pretrain.corpus", f"{pretrain['corpus']} does not exist")
     knowledge = config["knowledge"]
     method = methods.get(knowledge["method"])
     if knowledge["enabled"] and method is not None and not method.per_sequence:

@@ -132,6 +132,53 @@ class FinetuneSettings:
     train_layers: int
 
 
+@dataclass(frozen=True)
+class CorpusSettings:
+    """The pretraining corpus (`model.pretrain`: corpus as `path`, size, seed, heldout,
+    overlap_window) and, for the synthetic pool, the labelled data's grammar (`data.classes`,
+    `data.synthetic`)."""
+
+    path: str
+    size: int
+    seed: int
+    heldout: float
+    overlap_window: int
+    classes: tuple[int, ...]
+    min_length: int
+    max_length: int
+    motifs_per_sequence: tuple[int, ...]
+    mutation_rate: float
+    decoy_rate: float
+    balance_composition: bool
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Masked-LM pretraining (`model.pretrain`): the initialisation seed, the optimiser, the
+    tiny shape (`model.tiny`, for a model built here) and `finetune.max_length`."""
+
+    seed: int
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    device: str
+    num_layers: int
+    embed_dim: int
+    attention_heads: int
+    max_length: int
+
+
+@dataclass(frozen=True)
+class PretrainReportSettings:
+    """The pretraining figure's style (`plots.dpi`, `font_size`, `figure_width`)."""
+
+    dpi: int
+    font_size: float
+    figure_width: float
+
+
 # --- attribution ----------------------------------------------------------------------------
 
 
@@ -322,6 +369,27 @@ def sweep_params(config: Mapping) -> dict:
 def knowledge_params(config: Mapping) -> dict:
     return settings(
         KnowledgeSettings, config["knowledge"], max_sequences=config["scoring"]["max_sequences"]
+    )
+
+
+def corpus_params(config: Mapping) -> dict:
+    """The corpus's settings; the synthetic grammar only when the corpus is the synthetic pool
+    (a user's corpus file is an input, hashed by Snakemake's content tracking)."""
+    pretrain = config["model"]["pretrain"]
+    grammar = {**config["data"]["synthetic"], "classes": config["data"]["classes"]}
+    return settings(CorpusSettings, grammar, pretrain, path=pretrain["corpus"])
+
+
+def pretrain_params(config: Mapping, seed: int | None = None) -> dict:
+    """The pretraining settings; `seed` (per-seed pretraining) replaces `model.pretrain.seed`."""
+    pretrain = dict(config["model"]["pretrain"])
+    if seed is not None:
+        pretrain["seed"] = seed
+    return settings(
+        PretrainSettings,
+        config["model"]["tiny"],
+        pretrain,
+        max_length=config["finetune"]["max_length"],
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import traceback
 import typing
@@ -23,6 +24,9 @@ STEPS = {
     "prepare_model": "model.esm:prepare_model",
     "fetch_pretrained_model": "model.release:fetch_pretrained_model",
     "convert_hf_model": "model.hf_checkpoint:convert_hf_model",
+    "pretrain_corpus": "data.corpus:pretrain_corpus",
+    "pretrain": "model.pretrain:pretrain_step",
+    "pretrain_report": "reporting.pretraining:pretrain_report",
     "finetune": "model.train:finetune_step",
     "score": "attribution.score:score",
     "merge_layers": "attribution.score:merge_layers",
@@ -77,7 +81,7 @@ def run(smk, step: str) -> None:
         if "torch" in sys.modules:
             from kneurons.model.esm import set_threads
 
-            set_threads(smk.threads)
+            set_threads(min(smk.threads, os.cpu_count() or 1))  # --cores may exceed the machine's
         params = dict(smk.params.settings) if "settings" in smk.params.keys() else {}
         call(step, smk.input, smk.output, params, dict(smk.wildcards.items()))
     except UserError as err:

@@ -37,6 +37,7 @@ METHODS = config["scoring"]["methods"]
 MODEL = config["model"]["name"]
 MODEL_KIND = model_kind(MODEL)
 KNOWLEDGE = knowledge_enabled(config, METHOD_REGISTRY)
+PRETRAIN = config["model"]["pretrain"]
 
 
 wildcard_constraints:
@@ -91,14 +92,57 @@ def converted_checkpoint():
     return f"resources/models/{Path(MODEL).resolve().name}.pt"
 
 
+def base_checkpoint(seed):
+    """The configured backbone: the seed's own tiny initialisation, or the configured model."""
+    if MODEL_KIND == "tiny":
+        return f"resources/models/esm2_tiny_seed{seed}.pt"
+    if MODEL_KIND == "hf":
+        return converted_checkpoint()
+    return MODEL if MODEL_KIND == "checkpoint" else f"resources/models/{MODEL}.pt"
+
+
+def pretrain_name(seed):
+    """The pretrained model a seed fine-tunes: the shared one, or its own (per_seed)."""
+    return f"seed{seed}" if PRETRAIN["per_seed"] else "shared"
+
+
 def model_checkpoint(wildcards):
-    """The backbone a seed fine-tunes: its own tiny initialisation, or the configured model."""
-    return {
-        "tiny": f"resources/models/esm2_tiny_seed{wildcards.seed}.pt",
-        "checkpoint": MODEL,
-        "hf": converted_checkpoint() if MODEL_KIND == "hf" else None,
-        "release": f"resources/models/{MODEL}.pt",
-    }[MODEL_KIND]
+    """The backbone a seed fine-tunes: pretrained here (model.pretrain), or the configured one."""
+    if PRETRAIN["enabled"]:
+        return f"resources/models/pretrained_{pretrain_name(wildcards.seed)}.pt"
+    return base_checkpoint(wildcards.seed)
+
+
+def corpus_file():
+    """The user's corpus file (model.pretrain.corpus), or nothing for the synthetic pool."""
+    return os.path.normpath(PRETRAIN["corpus"]) if PRETRAIN["corpus"] else []
+
+
+def pretrain_inputs(wildcards):
+    """The corpus; a model other than tiny continues from its own weights."""
+    inputs = {"corpus": rules.pretrain_corpus.output.corpus}
+    if MODEL_KIND != "tiny":
+        inputs["checkpoint"] = base_checkpoint(None)
+    return inputs
+
+
+def pretrain_params(wildcards):
+    seed = (
+        int(wildcards.name.removeprefix("seed")) if wildcards.name != "shared" else None
+    )
+    return params(step_settings.pretrain_params(config, seed), "pretrain")
+
+
+def pretrain_reports():
+    """The pretraining page, table and figure of each pretrained model (when enabled)."""
+    if not PRETRAIN["enabled"]:
+        return []
+    names = sorted({pretrain_name(seed) for seed in SEEDS})
+    return expand(
+        "results/pretrain/{name}/{file}",
+        name=names,
+        file=["metrics.tsv", "summary.md", "pretraining.png", "pretraining.pdf"],
+    )
 
 
 def split_name(seed):

@@ -73,6 +73,91 @@ if MODEL_KIND == "hf":
     ruleorder: convert_hf_model > prepare_model
 
 
+# The unlabeled corpus of masked-LM pretraining: never a labelled sequence or near-duplicate.
+rule pretrain_corpus:
+    input:
+        sequences=rules.download.output.table,
+        corpus=corpus_file(),
+    output:
+        corpus="results/pretrain/corpus.tsv",
+        report="results/pretrain/corpus.json",
+    log:
+        "results/logs/pretrain_corpus.log",
+    benchmark:
+        "results/benchmarks/pretrain_corpus.tsv"
+    conda:
+        "../../envs/kneurons.yaml"
+    params:
+        settings=params(step_settings.corpus_params(config), "pretrain_corpus"),
+    script:
+        "../scripts/pretrain_corpus.py"
+
+
+# Masked-LM pretraining (ESM-2's recipe): one model for every seed, or one per seed.
+rule pretrain:
+    input:
+        unpack(pretrain_inputs),
+    output:
+        checkpoint="resources/models/pretrained_{name}.pt",
+        regression="resources/models/pretrained_{name}-contact-regression.pt",
+        history="results/pretrain/{name}/history.tsv",
+        predictions="results/pretrain/{name}/predictions.tsv",
+        info="results/pretrain/{name}/info.json",
+    log:
+        "results/logs/pretrain/{name}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{name}.tsv"
+    wildcard_constraints:
+        name=r"seed\d+|shared",
+    conda:
+        "../../envs/kneurons.yaml"
+    threads: 2
+    resources:
+        gpu=1 if PRETRAIN["device"].startswith("cuda") else 0,
+    params:
+        settings=pretrain_params,
+    script:
+        "../scripts/pretrain.py"
+
+
+rule pretrain_report:
+    input:
+        predictions=rules.pretrain.output.predictions,
+        history=rules.pretrain.output.history,
+        corpus=rules.pretrain_corpus.output.corpus,
+        corpus_report=rules.pretrain_corpus.output.report,
+    output:
+        table=report(
+            "results/pretrain/{name}/metrics.tsv",
+            caption="../report/pretraining_metrics.rst",
+            category="Pretraining",
+        ),
+        summary="results/pretrain/{name}/summary.md",
+        png=report(
+            "results/pretrain/{name}/pretraining.png",
+            caption="../report/pretraining.rst",
+            category="Pretraining",
+        ),
+        pdf="results/pretrain/{name}/pretraining.pdf",
+    log:
+        "results/logs/pretrain_report/{name}.log",
+    benchmark:
+        "results/benchmarks/pretrain_report/{name}.tsv"
+    wildcard_constraints:
+        name=r"seed\d+|shared",
+    conda:
+        "../../envs/kneurons.yaml"
+    params:
+        settings=params(
+            step_settings.settings(
+                step_settings.PretrainReportSettings, config["plots"]
+            ),
+            "pretrain_report",
+        ),
+    script:
+        "../scripts/pretrain_report.py"
+
+
 rule finetune:
     input:
         checkpoint=model_checkpoint,

@@ -1,0 +1,3 @@
+from kneurons.workflow import run
+
+run(snakemake, "pretrain_report")  # noqa: F821 - injected by Snakemake
