@@ -11,9 +11,10 @@ each `--max-tokens` budget and, on CUDA, with 0 (auto), on two cases:
    heads) with random weights, random unit scores, `--esm-sequences` synthetic sequences of
    `--esm-lengths` residues, and a smaller sweep (`--esm-draws` random and control draws).
 
-It prints, per case and contender: models, models per pass, wall and CPU seconds, models/s,
-the ratio against the baseline, the share of the time in the forward passes, and whether the
-results table is identical to the baseline's (it must be).
+Contenders run interleaved (`--repeats` rounds; medians). It prints, per case and contender:
+models, models per pass, wall and CPU seconds, models/s, the ratio against the baseline, the
+share of the time in the forward passes, and whether the results table is identical to the
+baseline's (it must be).
 
     PYTHONPATH=src python benchmarks/sweep_benchmark.py [--device auto] [--max-tokens 16384 65536]
 """
@@ -26,6 +27,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -65,8 +67,12 @@ def timed_evaluation(model, test, classes, scores, settings, device) -> dict:
     return {"results": results, "wall_s": wall, "cpu_s": cpu, "forward_s": forward["s"]}
 
 
-def run_case(name, model, test, classes, scores, settings, budgets, device) -> list[dict]:
-    """The baseline and each budget on one case; prints the table."""
+TIMES = ("wall_s", "cpu_s", "forward_s")
+
+
+def run_case(name, model, test, classes, scores, settings, budgets, device, repeats) -> list[dict]:
+    """The baseline and each budget on one case, `repeats` interleaved runs each (medians);
+    prints the table."""
     model = model.to(device).eval()
     sequences = list(test["sequence"])
     batches = train.token_batches(sequences, batch_size=settings.batch_size)
@@ -76,17 +82,20 @@ def run_case(name, model, test, classes, scores, settings, budgets, device) -> l
         f"{len(scores)} methods, {len(sequences)} test sequences of {min(lengths)}-"
         f"{max(lengths)} residues, batch {settings.batch_size}, device {device}"
     )
-    rows = []
     contenders = [("one model per pass (baseline)", 1)]
     contenders += [(f"max_tokens {b}", b) for b in budgets]
     if device.type == "cuda":
         contenders.append((f"max_tokens 0 (auto: {train.token_budget(0, model)})", 0))
-    baseline = None
+    runs = {label: [] for label, _ in contenders}
+    for _ in range(repeats):  # interleaved: A, B, C, A, B, C, ... so load drifts hit all alike
+        for label, budget in contenders:
+            settings_b = dataclasses.replace(settings, max_tokens=budget)
+            runs[label].append(timed_evaluation(model, test, classes, scores, settings_b, device))
+    rows, baseline = [], None
     for label, budget in contenders:
-        run = timed_evaluation(
-            model, test, classes, scores, dataclasses.replace(settings, max_tokens=budget), device
-        )
-        n_models = len(run["results"])
+        run = {key: float(np.median([r[key] for r in runs[label]])) for key in TIMES}
+        results = runs[label][0]["results"]
+        n_models = len(results)
         row = {
             "case": name,
             "contender": label,
@@ -94,16 +103,17 @@ def run_case(name, model, test, classes, scores, settings, budgets, device) -> l
             "per_pass": train.models_per_pass(
                 batches, train.token_budget(budget, model), per_weight=False
             ),
+            "reps": repeats,
             "wall_s": run["wall_s"],
             "cpu_s": run["cpu_s"],
             "models_per_s": n_models / run["wall_s"],
             "forward_share": run["forward_s"] / run["wall_s"],
         }
         if baseline is None:
-            baseline = run
+            baseline = {**run, "results": results}
         row["speedup"] = baseline["wall_s"] / run["wall_s"]
         row["cpu_ratio"] = baseline["cpu_s"] / run["cpu_s"]
-        row["identical"] = run["results"].equals(baseline["results"])
+        row["identical"] = all(r["results"].equals(baseline["results"]) for r in runs[label])
         rows.append(row)
     table = pd.DataFrame(rows).drop(columns="case")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
@@ -154,6 +164,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=Path("config.yaml"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--max-tokens", type=int, nargs="+", default=[16384, 65536])
     parser.add_argument("--esm-sequences", type=int, default=24)
     parser.add_argument("--esm-lengths", type=int, nargs=2, default=[100, 250])
@@ -172,10 +183,10 @@ def main() -> None:
     rows = []
     case = default_case(args.results, config)
     if case is not None:
-        rows += run_case("default seed 0", *case, args.max_tokens, device)
+        rows += run_case("default seed 0", *case, args.max_tokens, device, args.repeats)
     if not args.skip_esm:
         case = esm_case(config, args.esm_sequences, tuple(args.esm_lengths), args.esm_draws)
-        rows += run_case("esm2_t6_8M random", *case, args.max_tokens, device)
+        rows += run_case("esm2_t6_8M random", *case, args.max_tokens, device, args.repeats)
     out = Path("benchmarks/out")
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "sweep_benchmark.tsv", sep="\t", index=False)

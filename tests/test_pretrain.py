@@ -220,3 +220,27 @@ def test_region_metrics_on_a_hand_made_case():
     )
     assert table.loc[("true", "unigram", "perplexity"), "value"] == pytest.approx(4.0)
     assert table.loc[("true", "model", "accuracy"), "n_positions"] == 2
+
+
+def test_composition_baseline_uses_only_the_unmasked_residues():
+    predictions = pd.DataFrame(
+        {
+            "sequence": [0, 0, 1, 1],
+            "position": [0, 1, 0, 1],
+            "target": ["A", "G", "A", "C"],
+            "predicted": ["A", "G", "C", "C"],
+            "log_p": np.log([0.5, 0.25, 0.5, 0.5]),
+            "region": ["background", "true", "background", "true"],
+        }
+    )
+    frequencies = pd.Series({"A": 0.5, "C": 0.25, "G": 0.25})
+    # unmasked: "AA" in sequence 0 (predicts A), "CC" in sequence 1 (predicts C)
+    table = pretraining.region_metrics(
+        predictions, frequencies, ["AGAA", "ACCC"], n_boot=100
+    ).set_index(["region", "predictor", "metric"])
+    assert table.loc[("all", "composition", "accuracy"), "value"] == 0.5
+    assert table.loc[("background", "composition", "accuracy"), "value"] == 0.5
+    p_g, p_c = 0.25 / 3, (2 + 0.25) / 3  # (count + prior) / (unmasked + 1)
+    assert table.loc[("true", "composition", "perplexity"), "value"] == pytest.approx(
+        np.exp(-(np.log(p_g) + np.log(p_c)) / 2)
+    )

@@ -147,8 +147,10 @@ def train_mlm(
 
 def motif_regions(motifs: str, n_residues: int) -> np.ndarray:
     """Per residue of a sequence: the kind of planted motif it lies in (`true`, `mutated`,
-    `decoy`) or `background`, from its `motifs` annotation."""
+    `decoy`), `start` for the first residue (an M in nearly every protein, so no test of
+    context) or `background`, from its `motifs` annotation."""
     regions = np.full(n_residues, "background", dtype=object)
+    regions[:1] = "start"
     for entry in parse_motifs(motifs) if motifs else []:
         regions[entry["start"] : min(entry["end"], n_residues)] = entry["kind"]
     return regions
@@ -163,11 +165,12 @@ def masked_predictions(
     max_length: int,
     batch_size: int = 64,
 ) -> pd.DataFrame:
-    """The masked-LM test on `table` (columns sequence, motifs): every sequence masked once by
-    `mask_tokens` with a generator seeded by `seed` (the same positions every time), one row
-    per predicted position (PREDICTION_COLUMNS): the sequence's row number, the residue
-    position (0-based), the target and predicted residues, log p(target) and the region
-    (`motif_regions`)."""
+    """The masked-LM test on `table` (columns sequence, motifs): in every sequence the positions
+    `mask_tokens` chooses with a generator seeded by `seed` (the same positions every time),
+    all of them replaced by `<mask>` (the 10% random and 10% unchanged tokens are a training
+    device: an unchanged token would be copied, not predicted). One row per predicted position
+    (PREDICTION_COLUMNS): the sequence's row number, the residue position (0-based), the target
+    and predicted residues, log p(target) and the region (`motif_regions`)."""
     esm2.eval()
     device = next(esm2.parameters()).device
     generator = torch.Generator().manual_seed(seed)
@@ -177,7 +180,8 @@ def masked_predictions(
     for start in range(0, len(sequences), batch_size):
         chunk = range(start, min(start + batch_size, len(sequences)))
         tokens = encode([sequences[i] for i in chunk], max_length)
-        inputs, targets = mask_tokens(tokens, generator)
+        _, targets = mask_tokens(tokens, generator)
+        inputs = tokens.masked_fill(targets != IGNORE, ALPHABET.mask_idx)
         log_probs = esm2(inputs.to(device))["logits"].float().log_softmax(-1).cpu()
         rows, cols = torch.nonzero(targets != IGNORE, as_tuple=True)
         target = targets[rows, cols]

@@ -216,7 +216,9 @@ def predict_proba_models(
     probs = torch.empty(n_models, n_sequences, model.head.out_features)
     for start in range(0, n_models, group):
         stop = min(start + group, n_models)
+        # a module every model of the group keeps whole needs no hook (x 1 changes nothing)
         keep = {key: mask[start:stop] for key, mask in masks.items()}
+        keep = {key: mask for key, mask in keep.items() if not bool((mask == 1).all())}
         with ablated(model, keep, models=stop - start):
             for chunk, tokens in batches:
                 logits = model(tokens.to(device).repeat(stop - start, 1))
