@@ -196,7 +196,8 @@ def test_pretraining_learns_a_grammar_and_writes_a_loadable_checkpoint(tmp_path)
     assert (classifier.esm.embed_tokens.weight - start).abs().max() < 0.05
 
 
-def test_region_metrics_on_a_hand_made_case():
+def _hand_made_predictions() -> tuple[pd.DataFrame, pd.Series]:
+    """Two sequences, two masked positions each (one background, one in a true motif)."""
     predictions = pd.DataFrame(
         {
             "sequence": [0, 0, 1, 1],
@@ -207,7 +208,11 @@ def test_region_metrics_on_a_hand_made_case():
             "region": ["background", "true", "background", "true"],
         }
     )
-    frequencies = pd.Series({"A": 0.5, "C": 0.25, "G": 0.25})
+    return predictions, pd.Series({"A": 0.5, "C": 0.25, "G": 0.25})
+
+
+def test_region_metrics_on_a_hand_made_case():
+    predictions, frequencies = _hand_made_predictions()
     table = pretraining.region_metrics(predictions, frequencies, n_boot=100).set_index(
         ["region", "predictor", "metric"]
     )
@@ -223,17 +228,7 @@ def test_region_metrics_on_a_hand_made_case():
 
 
 def test_composition_baseline_uses_only_the_unmasked_residues():
-    predictions = pd.DataFrame(
-        {
-            "sequence": [0, 0, 1, 1],
-            "position": [0, 1, 0, 1],
-            "target": ["A", "G", "A", "C"],
-            "predicted": ["A", "G", "C", "C"],
-            "log_p": np.log([0.5, 0.25, 0.5, 0.5]),
-            "region": ["background", "true", "background", "true"],
-        }
-    )
-    frequencies = pd.Series({"A": 0.5, "C": 0.25, "G": 0.25})
+    predictions, frequencies = _hand_made_predictions()
     # unmasked: "AA" in sequence 0 (predicts A), "CC" in sequence 1 (predicts C)
     table = pretraining.region_metrics(
         predictions, frequencies, ["AGAA", "ACCC"], n_boot=100
