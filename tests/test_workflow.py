@@ -8,6 +8,8 @@ import pytest
 from workflow_helpers import ROOT, layer_config, make_workdir, snakemake
 
 pytestmark = pytest.mark.slow  # every test runs snakemake
+# the captions of rules that run only with model.pretrain.enabled
+PRETRAINING_CAPTIONS = {"pretraining.rst", "pretraining_metrics.rst"}
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +154,8 @@ def test_report_has_the_plots_and_their_captions(finished_run, tmp_path):
     snakemake(finished_run, "--report", str(report))
     html = report.read_text()
     for caption in (ROOT / "workflow/report").glob("*.rst"):
-        if caption.name == "workflow.rst":
-            continue
+        if caption.name == "workflow.rst" or caption.name in PRETRAINING_CAPTIONS:
+            continue  # the pretraining captions: test_pretraining_end_to_end
         # the first words of each caption (before any reStructuredText markup)
         words = re.split(r"[`*(]", caption.read_text().splitlines()[0])[0].strip()
         assert words and words in html, caption.name
@@ -215,11 +217,17 @@ def test_pretraining_end_to_end(tmp_path):
     report = json.loads((path / "results/pretrain/corpus.json").read_text())
     assert report["train"] + report["heldout"] == len(corpus) <= report["pool"] == 240
     metrics = pd.read_csv(path / "results/pretrain/shared/metrics.tsv", sep="\t")
-    assert {"model", "unigram"} == set(metrics["predictor"])
+    assert {"model", "unigram", "composition"} == set(metrics["predictor"])
     assert {"all", "motif", "background"} <= set(metrics["region"])
     assert (metrics["ci_low"] <= metrics["value"]).all()
     assert (path / "results/pretrain/shared/pretraining.png").stat().st_size > 0
     assert not list((path / "resources/models").glob("esm2_tiny_seed*.pt"))
-    plan = snakemake(path, "--dry-run", "--forcerun", "finetune", "--rerun-triggers", "mtime")
-    assert "resources/models/pretrained_shared.pt" in plan.stdout  # finetune's input
+    plan = snakemake(path, "--dry-run", "--forcerun", "finetune")
+    assert "input: resources/models/pretrained_shared.pt" in plan.stdout + plan.stderr
     assert "masked accuracy" in (path / "results/logs/pretrain/shared.log").read_text()
+    report = tmp_path / "report.html"
+    snakemake(path, "--report", str(report))
+    html = report.read_text()
+    for name in PRETRAINING_CAPTIONS:
+        words = re.split(r"[`*(:]", (ROOT / "workflow/report" / name).read_text())[0].strip()
+        assert words in html, name
