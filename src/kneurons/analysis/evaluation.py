@@ -226,6 +226,7 @@ def evaluate_seed(
     effective = effective_counts({k: m[torch.tensor(glob)] for k, m in masks.items()}, config)
     effective_row = np.cumsum(glob) - 1  # a global model's row in `effective`
     cell, keys = selection.cell_ids(plan.units)
+    n_neurons = np.bincount(cell, minlength=len(keys))
     rows, kept_rows = [], []
     for m, label in enumerate(plan.labels.itertuples(index=False)):
         metrics = train.classification_metrics(y_true, predicted[m], classes)
@@ -251,20 +252,19 @@ def evaluate_seed(
                 per_cell = {key: int(effective[key][effective_row[m]]) for key in keys}
                 row["n_effective"] = sum(per_cell.values())
                 if label.selection == "scored":
-                    n_neurons = np.bincount(cell, minlength=len(keys))
                     n_kept = np.bincount(cell, weights=plan.kept[m], minlength=len(keys))
                     kept_rows += [
                         {
                             "seed": seed,
                             "method": label.method,
                             "retention": label.retention,
-                            "layer": key[0],
-                            "module": key[1],
+                            "layer": layer,
+                            "module": module,
                             "n_neurons": int(n_neurons[c]),
                             "n_kept": int(n_kept[c]),
-                            "n_effective": per_cell[key],
+                            "n_effective": per_cell[(layer, module)],
                         }
-                        for c, key in enumerate(keys)
+                        for c, (layer, module) in enumerate(keys)
                     ]
         rows.append(row)
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)

@@ -39,13 +39,12 @@ def overlapping(corpus: pd.Series, labelled: pd.Series, k: int) -> tuple[np.ndar
     sharing a window of `k` residues with one (`window`)."""
     exact = set(labelled)
     seen = set().union(*(windows(s, k) for s in labelled)) if len(labelled) else set()
-    drop, counts = np.zeros(len(corpus), dtype=bool), Counter()
-    for i, sequence in enumerate(corpus):
-        if sequence in exact:
-            drop[i], counts["exact"] = True, counts["exact"] + 1
-        elif not windows(sequence, k).isdisjoint(seen):
-            drop[i], counts["window"] = True, counts["window"] + 1
-    return drop, counts
+    reasons = [
+        "exact" if s in exact else "window" if not windows(s, k).isdisjoint(seen) else None
+        for s in corpus
+    ]
+    drop = np.array([reason is not None for reason in reasons], dtype=bool)
+    return drop, Counter(reason for reason in reasons if reason)
 
 
 def synthetic_pool(settings) -> pd.DataFrame:

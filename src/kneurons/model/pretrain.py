@@ -21,7 +21,7 @@ from torch import nn
 
 from kneurons.data.motifs import parse_motifs
 from kneurons.data.tables import STANDARD_RESIDUES
-from kneurons.io import write_tsv
+from kneurons.io import write_json, write_tsv
 from kneurons.model.attention import use_fused_attention
 from kneurons.model.esm import (
     ALPHABET,
@@ -33,6 +33,7 @@ from kneurons.model.esm import (
     residue_mask,
     save_esm_checkpoint,
 )
+from kneurons.model.train import warmup_cosine
 from kneurons.progress import format_seconds
 from kneurons.settings import PretrainSettings
 
@@ -93,15 +94,14 @@ def train_mlm(
     without replacement (reshuffled each pass over `sequences`), linear warm-up over
     `warmup_steps` then cosine decay; one log line every `log_every` steps. Returns the
     history: one row per logged step (step, loss, masked accuracy, sequences/s)."""
-    from kneurons.model.train import warmup_cosine
-
     use_fused_attention(esm2, True)
     esm2.to(device).train()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(esm2.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = warmup_cosine(optimizer, warmup=warmup_steps, total=steps)
     order: list[int] = []
-    history, window = [], {"loss": 0.0, "correct": 0, "predicted": 0, "sequences": 0}
+    window_keys = ("loss", "correct", "predicted", "sequences")  # sums since the last line
+    history, window = [], dict.fromkeys(window_keys, 0)
     started = window_start = time.monotonic()
     for step in range(1, steps + 1):
         if len(order) < batch_size:
@@ -138,8 +138,7 @@ def train_mlm(
                 row["sequences_per_s"],
                 format_seconds(elapsed / step * (steps - step)),
             )
-            window = dict.fromkeys(window, 0)
-            window["loss"] = 0.0
+            window = dict.fromkeys(window_keys, 0)
             window_start = time.monotonic()
     esm2.eval()
     return history
@@ -212,8 +211,6 @@ def pretrain_step(input, output, settings: PretrainSettings, wildcards) -> None:
     """The pretrain step: a tiny ESM-2 (or the checkpoint `input.checkpoint`, for continued
     pretraining) trained as a masked LM on the corpus's train part; its checkpoint, the
     logged history and the held-out masked predictions."""
-    from kneurons.io import write_json
-
     seed = settings.seed
     corpus = pd.read_csv(input.corpus, sep="\t", keep_default_na=False)
     train = corpus[corpus["part"] == "train"]

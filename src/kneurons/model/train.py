@@ -152,18 +152,14 @@ def predict_proba(
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """Class probabilities (N, C), in input order; `keep` ablates every unit marked False.
-    `batches`: `token_batches` of `sequences` made beforehand (else made here)."""
-    model.eval()
-    device = next(model.parameters()).device
+    `batches`: `token_batches` of `sequences` made beforehand (else made here). One model of
+    `predict_proba_models`."""
     if batches is None:
         batches = token_batches(
             sequences, batch_size=batch_size, max_length=max_length, max_tokens=max_tokens
         )
-    probs = torch.empty(len(sequences), model.head.out_features)
-    with ablated(model, keep or {}):
-        for chunk, tokens in batches:
-            probs[chunk] = model(tokens.to(device)).float().softmax(-1).cpu()
-    return probs
+    masks = {key: mask[None] for key, mask in (keep or {}).items()}
+    return predict_proba_models(model, masks, 1, batches)[0]
 
 
 def token_budget(max_tokens: int, model: EnzymeClassifier) -> int:

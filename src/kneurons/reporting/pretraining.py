@@ -64,7 +64,8 @@ def _composition_columns(predictions: pd.DataFrame, sequences, frequencies: pd.S
     for i, rows in predictions.groupby("sequence").indices.items():
         counts = np.zeros(len(residues))
         for residue in sequences[i]:
-            counts[position.get(residue, 0)] += 1
+            if residue in position:  # a residue the train corpus never had: no count
+                counts[position[residue]] += 1
         for residue in predictions["target"].to_numpy()[rows]:  # the masked ones are unseen
             counts[position[residue]] -= 1
         p = (counts + prior) / (counts.sum() + 1)
