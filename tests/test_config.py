@@ -17,6 +17,7 @@ SCHEMA = {
         "lr": {"type": "number"},
         "device": {"type": "string"},
         "epochs": {"type": "integer"},
+        "enabled": {"type": "boolean"},
     },
 }
 
@@ -34,6 +35,14 @@ def test_numbers_written_as_strings_become_numbers():
     assert out["seeds"] == [0, 3] and out["lr"] == 0.001
     assert out["device"] == "0"  # a string where the schema wants one stays a string
     assert out["epochs"] == "x"  # not a number: left for the schema check to name
+
+
+def test_booleans_written_as_strings_become_booleans():
+    """`--config "model={'pretrain': {'enabled': True}}"` hands nested values over as strings."""
+    assert conform({"enabled": "True"}, SCHEMA) == {"enabled": True}
+    assert conform({"enabled": "false"}, SCHEMA) == {"enabled": False}
+    assert conform({"enabled": "yes"}, SCHEMA) == {"enabled": "yes"}  # for the schema to name
+    assert conform({"device": "true"}, SCHEMA) == {"device": "true"}  # a string stays a string
 
 
 def test_canonical_sorts_keys_recursively():

@@ -35,13 +35,17 @@ def _types(schema: Mapping) -> set[str]:
 def conform(value, schema: Mapping):
     """`value` with numbers typed as the JSON schema says: `number` -> float, an integral
     `integer` -> int (JSON Schema accepts 10.0 as an integer; Python's range() does not); a
-    string that reads as a number where the schema wants one becomes that number.
+    string that reads as a number where the schema wants one becomes that number, and "true" or
+    "false" (any case) where it wants a boolean becomes that boolean.
 
     Walks `properties`, `additionalProperties` (a schema) and `items`; other values pass as is.
     """
     types = _types(schema)
     if isinstance(value, bool):
         return value
+    if isinstance(value, str) and "boolean" in types and value.lower() in ("true", "false"):
+        # `--config "model={'pretrain': {'enabled': True}}"` hands nested values over as strings
+        return value.lower() == "true"
     if isinstance(value, str) and types & {"integer", "number"}:
         # `--config seeds=[0]` hands Snakemake's list items over as strings
         try:
