@@ -183,6 +183,47 @@ def test_holm_over_all_rows(specificity):
     assert row["p"] < kr.ALPHA <= row["p_holm"] and not row["specific"]
 
 
+def test_per_model_specificity_is_a_one_sided_permutation_p_combined_by_fisher(specificity):
+    row = specificity.set_index(["intervention", "quantity", "neuron_class"])
+    for intervention in kr.INTERVENTIONS:
+        planted = row.loc[(intervention, "p_true", 1)]
+        # beyond all 4 matched sets of every seed, in the expected direction: p = 1/5 each
+        assert planted["per_seed_p"] == " ".join(f"{s}:0.2" for s in SEEDS)
+        assert planted["n_draws"] == DRAWS
+        assert planted["model_p"] == pytest.approx(stats.fisher_combined([0.2] * len(SEEDS)))
+        # 3 seeds x 4 sets cannot reach Holm p < 0.05 (Fisher p 0.16): not specific this way
+        assert not planted["model_specific"]
+    # one seed by hand: class 3's suppression specificity among its matched sets (less)
+    effects = _effects(0).assign(seed=0)
+    per_seed = kr.seed_specificity(effects).set_index(["intervention", "quantity", "neuron_class"])
+    cell = effects[(effects["intervention"] == "suppress") & (effects["quantity"] == "p_true")]
+    matched = cell[(cell["set"] == "matched") & (cell["neuron_class"] == 3)]
+    per_draw = matched.pivot(index="draw", columns="sequence_class", values="effect")
+    draws = per_draw[3] - (per_draw[1] + per_draw[2]) / 2
+    own = per_seed.loc[("suppress", "p_true", 3)]
+    expected = (1 + (draws <= own["specificity"]).sum()) / (1 + DRAWS)
+    assert own["permutation_p"] == pytest.approx(expected)
+    assert np.allclose(specificity["model_p_holm"], stats.holm(specificity["model_p"].to_numpy()))
+
+
+def test_enough_matched_sets_make_the_per_model_test_answer():
+    def effects(seed):
+        rng = np.random.default_rng(seed)
+        rows = []
+        for set_name, draw in [("knowledge", 0)] + [("matched", d) for d in range(99)]:
+            for sc in CLASSES:
+                planted = -0.5 if set_name == "knowledge" and sc == 1 else 0.0
+                effect = rng.normal(0.0, 0.02) + planted
+                rows.append(("suppress", set_name, draw, "p_true", 1, sc, effect))
+        columns = ["intervention", "set", "draw", "quantity", "neuron_class", "sequence_class"]
+        return pd.DataFrame(rows, columns=[*columns, "effect"])
+
+    one_seed = kr.specificity_table(effects(0).assign(seed=0)).iloc[0]
+    # one model, 99 sets: p = 0.01 without a second seed; the paired t-test has no answer
+    assert one_seed["per_seed_p"] == "0:0.01" and one_seed["model_specific"]
+    assert np.isnan(one_seed["p"]) and not one_seed["specific"]
+
+
 def test_wrong_direction_is_not_specific():
     effects = _stacked(_effects)
     # suppression that raises class 1's own p_true: significant, but not the expected direction

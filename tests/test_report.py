@@ -217,7 +217,8 @@ def test_summary_interval_is_the_t_interval_over_seeds(written):
 
 def test_paired_tests_find_the_planted_difference_only(written):
     tables, *_ = written
-    tests = tables["tests"].set_index(["comparison", "scope", "retention"])
+    across = tables["tests"][tables["tests"]["question"] == pruning.ACROSS_MODELS]
+    tests = across.set_index(["comparison", "scope", "retention"])
     good = tests.loc[("good - random", "global", 0.1)]
     assert good["mean_difference"] == pytest.approx(0.2, abs=0.03)
     assert good["significant"] and good["p_holm"] < 0.01
@@ -227,7 +228,35 @@ def test_paired_tests_find_the_planted_difference_only(written):
     assert tests.loc[("good - random within module", "k_proj", 0.1)]["mean_difference"] > 0
     # Holm within each family: adjusted >= raw, and the family of 'random' has 4 tests
     assert (tables["tests"]["p_holm"] >= tables["tests"]["p"] - 1e-15).all()
-    assert (tables["tests"]["family"] == "random").sum() == len(OFFSET) * len(RATIOS)
+    assert (across["family"] == "random").sum() == len(OFFSET) * len(RATIOS)
+
+
+def test_per_model_tests_are_permutation_ps_combined_by_fisher(written):
+    tables, md, inputs, _ = written
+    tests = tables["tests"]
+    each = tests[tests["question"] == pruning.IN_EACH_MODEL]
+    each = each.set_index(["comparison", "scope", "retention"])
+    good = each.loc[("good - random", "global", 0.1)]
+    # good beats all 4 draws of every seed: p = 1 / 5 per seed; Fisher: chi2(10) of -2 sum ln p
+    assert good["per_seed_p"] == " ".join(f"{s}:0.2" for s in SEEDS)
+    assert good["n_draws"] == RANDOM_DRAWS and good["n_seeds"] == len(SEEDS)
+    assert good["p"] == pytest.approx(sps.chi2.sf(-2 * len(SEEDS) * np.log(0.2), 2 * len(SEEDS)))
+    # so 4 draws per model cannot make it significant, however large the effect (p = 0.097)
+    assert not good["significant"]
+    # the hand count for one seed of "same": draws at least as high as the method's value
+    raw = pd.read_csv(inputs[1][2], sep="\t")
+    at = (raw["scope"] == "global") & (raw["retention"] == 0.5)
+    observed = raw[at & (raw["selection"] == "scored") & (raw["method"] == "same")]["accuracy"]
+    draws = raw[at & (raw["selection"] == "random")]["accuracy"]
+    expected = (1 + (draws >= observed.iloc[0]).sum()) / (1 + len(draws))
+    same = each.loc[("same - random", "global", 0.5)]
+    assert dict(v.split(":") for v in same["per_seed_p"].split())["2"] == f"{expected:.3g}"
+    # matched draws are the method's own; within-module draws are the module's
+    assert each.loc[("good - matched random", "global", 0.5)]["n_draws"] == CONTROL_DRAWS
+    assert each.loc[("good - random within module", "k_proj", 0.1)]["n_draws"] == CONTROL_DRAWS
+    # Holm within each question and family: 4 per-model tests against random
+    assert (tests.loc[tests["question"] == pruning.IN_EACH_MODEL, "family"] == "random").sum() == 4
+    assert "in each model: p per seed (draws)" in md and "0.2 (4)" in md
 
 
 def test_enrichment_has_exact_nulls_and_flags_k_proj(written):
@@ -246,7 +275,7 @@ def test_enrichment_has_exact_nulls_and_flags_k_proj(written):
 def test_markdown_says_significant_only_when_it_is(written):
     _, md, *_ = written
     lines = [line for line in md.splitlines() if line.startswith("| same - random |")]
-    assert lines and all(line.rstrip().endswith("| no |") for line in lines)
+    assert lines and not any("yes" in line for line in lines)
     lines = [line for line in md.splitlines() if line.startswith("| good - random |")]
     assert lines and all("yes (above)" in line for line in lines)
     assert "Warning" not in md

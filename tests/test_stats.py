@@ -13,11 +13,13 @@ from kneurons.analysis.stats import (
     bootstrap_ci,
     bootstrap_means,
     effective_masks,
+    fisher_combined,
     holm,
     hypergeom_pmf,
     mean_interval,
     paired_test,
     percentile_interval,
+    permutation_p,
     pooled_enrichment_p,
     rotary_partner,
 )
@@ -119,6 +121,44 @@ def test_holm_ignores_nan():
     adjusted = holm([0.01, math.nan, 0.04])  # two tests: 0.01 x 2, 0.04 x 1
     assert adjusted[[0, 2]] == pytest.approx([0.02, 0.04]) and math.isnan(adjusted[1])
     assert np.isnan(holm([math.nan, math.nan])).all()
+
+
+# --- permutation p-values and their combination ------------------------------------------------
+
+
+def test_permutation_p_by_hand():
+    draws = [0.1, 0.2, 0.3, 0.3, 0.5]
+    assert permutation_p(0.6, draws) == pytest.approx(1 / 6)  # above all 5: the floor 1/(1+n)
+    assert permutation_p(0.3, draws) == pytest.approx(4 / 6)  # ties count: 0.3, 0.3, 0.5
+    assert permutation_p(0.0, draws) == 1.0
+    assert permutation_p(0.15, draws, "less") == pytest.approx(2 / 6)  # 0.1
+    assert permutation_p(0.5, [0.5] * 99) == 1.0
+    assert permutation_p(0.9, np.linspace(0, 0.5, 99)) == pytest.approx(0.01)  # 99 draws
+    assert math.isnan(permutation_p(0.5, []))
+    assert permutation_p(0.5, [math.nan, 0.6]) == pytest.approx(2 / 2)  # the NaN draw is no draw
+    with pytest.raises(ValueError, match="alternative"):
+        permutation_p(0.5, draws, "two-sided")
+
+
+def test_permutation_p_is_valid_under_the_null():
+    # the observed value is one more draw of the same distribution: P(p <= a) <= a for every a
+    rng = np.random.default_rng(3)
+    ps = np.array([permutation_p(rng.random(), rng.random(19)) for _ in range(20_000)])
+    for a in (0.05, 0.1, 0.25, 0.5):
+        assert (ps <= a).mean() <= a + 0.01
+    assert (ps <= 0.05).mean() == pytest.approx(0.05, abs=0.006)  # exact at multiples of 1/20
+
+
+def test_fisher_combination_on_a_known_vector():
+    # X = -2 (ln 0.01 + ln 0.2 + ln 0.5) = 13.82; chi-squared with 6 df: sf = 0.03177
+    x = -2 * (math.log(0.01) + math.log(0.2) + math.log(0.5))
+    assert x == pytest.approx(13.8155, abs=1e-4)
+    expected = math.exp(-x / 2) * (1 + x / 2 + (x / 2) ** 2 / 2)  # chi2(6) survival, closed form
+    assert fisher_combined([0.01, 0.2, 0.5]) == pytest.approx(expected)
+    assert expected == pytest.approx(0.03177, abs=1e-5)
+    assert fisher_combined([0.01, math.nan, 0.2, 0.5]) == pytest.approx(expected)
+    assert fisher_combined([1.0, 1.0]) == pytest.approx(1.0)
+    assert math.isnan(fisher_combined([]))
 
 
 # --- enrichment ------------------------------------------------------------------------------

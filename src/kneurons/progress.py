@@ -75,3 +75,27 @@ def progress(
             format_seconds(elapsed),
             done / elapsed if elapsed > 0 else float("inf"),
         )
+
+
+def model_progress(total: int, desc: str, *, every: int = 25):
+    """An `on_pass(done)` callback for `train.predict_proba_models`: a log line each time
+    another `every` of the `total` pruned models are done (and at the end), with models/s and
+    the ETA."""
+    start = time.monotonic()
+    reported = [0]
+
+    def on_pass(done: int) -> None:
+        if done - reported[0] < every and done < total:
+            return
+        reported[0] = done
+        elapsed = max(time.monotonic() - start, 1e-9)
+        log.info(
+            "%s: %d/%d models, %.1f models/s, ETA %s",
+            desc,
+            done,
+            total,
+            done / elapsed,
+            format_seconds(elapsed / done * (total - done)),
+        )
+
+    return on_pass

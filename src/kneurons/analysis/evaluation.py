@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ from kneurons.io import write_tsv
 from kneurons.model import train
 from kneurons.model.esm import EnzymeClassifier, esm_config, load_classifier, pick_device
 from kneurons.model.units import GLOBAL
+from kneurons.progress import model_progress
 from kneurons.settings import SweepSettings
 
 log = logging.getLogger(__name__)
@@ -200,19 +200,13 @@ def evaluate_seed(
     budget = train.token_budget(settings.max_tokens, model)
     group = train.models_per_pass(batches, budget, "input" in plan.units.columns)
     log.info("%d pruned models, %d per forward pass", n_models, group)
-    started = time.monotonic()
-
-    def report(done: int) -> None:
-        if done % 25 < group or done == n_models:
-            log.info(
-                "%d/%d pruned models; %.1f models/s",
-                done,
-                n_models,
-                done / max(time.monotonic() - started, 1e-9),
-            )
-
     probs = train.predict_proba_models(
-        model, masks, n_models, batches, max_tokens=budget, on_pass=report
+        model,
+        masks,
+        n_models,
+        batches,
+        max_tokens=budget,
+        on_pass=model_progress(n_models, "pruned models"),
     )
     predicted = probs.argmax(-1).numpy()
     correct = (predicted == y_true).astype(float)

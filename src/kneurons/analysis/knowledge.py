@@ -36,6 +36,7 @@ from kneurons.model.esm import (
 )
 from kneurons.model.train import predict_proba_models, token_batches, token_budget
 from kneurons.model.units import INTERVENTIONS, UNIT_COLUMNS
+from kneurons.progress import model_progress
 from kneurons.settings import KnowledgeSettings
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ def many_class_effects(
         len(models),
         batches,
         max_tokens=token_budget(max_tokens, model),
+        on_pass=model_progress(len(models), "scaled models"),
     )
     if baseline is None:
         baseline = predict_proba_models(model, {}, 1, batches)[0]

@@ -151,6 +151,37 @@ def paired_test(differences: Sequence[float], level: float = 0.95) -> dict[str, 
     return {"mean": mean, "ci_low": low, "ci_high": high, "t": t, "p": p, "n": n}
 
 
+def permutation_p(observed: float, draws: Sequence[float], alternative: str = "greater") -> float:
+    """Monte Carlo permutation p-value of `observed` among `draws` of the same statistic under
+    the null (here: random selections of the same model): (1 + #{draws at least as extreme}) /
+    (1 + n). Exact (P(p <= a) <= a under exchangeability) however few the draws; ties count as
+    extreme. `alternative`: greater (draws >= observed) or less (draws <= observed). The
+    smallest value it can give is 1 / (1 + n): 99 draws reach 0.01. No draws: nan."""
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[~np.isnan(draws)]
+    if math.isnan(observed) or len(draws) == 0:
+        return math.nan
+    if alternative == "greater":
+        extreme = int((draws >= observed).sum())
+    elif alternative == "less":
+        extreme = int((draws <= observed).sum())
+    else:
+        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+    return (1 + extreme) / (1 + len(draws))
+
+
+def fisher_combined(pvalues: Sequence[float]) -> float:
+    """Fisher's combination of independent p-values (one per fine-tuned model): X = -2 sum
+    ln p is chi-squared with 2k degrees of freedom under the global null that no model shows
+    the effect. Valid, and conservative, for the discrete permutation p-values above (each is
+    super-uniform). NaN entries are dropped; none left: nan."""
+    p = np.asarray(pvalues, dtype=float)
+    p = p[~np.isnan(p)]
+    if len(p) == 0:
+        return math.nan
+    return float(sps.combine_pvalues(p, method="fisher").pvalue)
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values, in the input's order: the i-th smallest of m is
     multiplied by m - i + 1 (i from 1), made non-decreasing in that order and capped at 1.

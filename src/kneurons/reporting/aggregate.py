@@ -45,7 +45,7 @@ def write_outputs(
     metric = headline_metric(baselines)
     accuracy = accuracy_table(results, baselines, seeds, metric)
     summary = summary_table(accuracy)
-    tests = tests_table(accuracy)
+    tests = tests_table(accuracy, results)
     chance = max(
         float(np.mean([m["chance"] for m in metrics])),
         float(np.mean([b["majority"][metric] for b in baselines])),

@@ -74,6 +74,11 @@ SPECIFICITY_COLUMNS = [
     "p",
     "p_holm",
     "specific",
+    "n_draws",
+    "per_seed_p",
+    "model_p",
+    "model_p_holm",
+    "model_specific",
 ]
 
 
@@ -152,6 +157,7 @@ def seed_specificity(effects: pd.DataFrame) -> pd.DataFrame:
     knowledge = per_set[per_set["set"] == KNOWLEDGE].groupby(out_keys)[["own", "specificity"]]
     knowledge = knowledge.mean().rename(columns={"own": "own_effect"})
     matched = per_set[per_set["set"] == MATCHED].groupby(out_keys)
+    draws = matched["specificity"].apply(lambda v: v.to_numpy(dtype=float))
     matched = matched.agg(
         matched_own_mean=("own", "mean"),
         matched_specificity_mean=("specificity", "mean"),
@@ -159,6 +165,14 @@ def seed_specificity(effects: pd.DataFrame) -> pd.DataFrame:
     )
     table = knowledge.join(matched, how="left").reset_index()
     table["n_draws"] = table["n_draws"].fillna(0).astype(int)
+    table["permutation_p"] = [
+        stats.permutation_p(
+            row.specificity,
+            draws.get(tuple(getattr(row, k) for k in out_keys), []),
+            "less" if EXPECTED_SIGN.get(row.intervention, 1.0) < 0 else "greater",
+        )
+        for row in table.itertuples(index=False)
+    ]
     return table
 
 
@@ -168,8 +182,11 @@ def specificity_table(effects: pd.DataFrame) -> pd.DataFrame:
     own effect and specificity, and a two-sided paired t-test over seeds of (knowledge
     specificity - matched specificity), Holm-corrected over all rows. `specific`: Holm p <
     ALPHA and the difference in the expected direction (suppress: below matched, amplify:
-    above). `effects` has a `seed` column; seeds without the class's knowledge neurons have no
-    rows and do not count."""
+    above). In each fine-tuned model, too: per seed the permutation p of the knowledge set's
+    specificity among that seed's matched sets, one-sided in the expected direction
+    (`per_seed_p`, at least 1 / (1 + `n_draws`)), combined over seeds by Fisher's method
+    (`model_p`), Holm over all rows (`model_p_holm`, `model_specific`). `effects` has a `seed`
+    column; seeds without the class's knowledge neurons have no rows and do not count."""
     per_seed = seed_specificity(effects)
     rows = []
     interventions = [i for i in INTERVENTIONS if i in set(per_seed["intervention"])]
@@ -203,13 +220,25 @@ def specificity_table(effects: pd.DataFrame) -> pd.DataFrame:
                         "difference_ci_high": test["ci_high"],
                         "t": test["t"],
                         "p": test["p"],
+                        "n_draws": int(g["n_draws"].min()),
+                        "per_seed_p": " ".join(
+                            f"{int(s)}:{v:.3g}"
+                            for s, v in zip(g["seed"], g["permutation_p"], strict=True)
+                            if not np.isnan(v)
+                        ),
+                        "model_p": stats.fisher_combined(g["permutation_p"].to_numpy()),
                     }
                 )
-    table = pd.DataFrame(rows, columns=SPECIFICITY_COLUMNS[:-2])
-    table["p_holm"] = stats.holm(table["p"].to_numpy(dtype=float)) if len(table) else []
+    derived = ("p_holm", "specific", "model_p_holm", "model_specific")
+    table = pd.DataFrame(rows, columns=[c for c in SPECIFICITY_COLUMNS if c not in derived])
+    for prefix in ("", "model_"):
+        p = table[f"{prefix}p"].to_numpy(dtype=float)
+        table[f"{prefix}p_holm"] = stats.holm(p) if len(table) else []
     sign = table["intervention"].map(EXPECTED_SIGN).to_numpy(dtype=float)
     expected = np.sign(table["difference_mean"].to_numpy(dtype=float)) == sign
     table["specific"] = (table["p_holm"] < ALPHA).to_numpy() & expected
+    # one-sided in the expected direction already
+    table["model_specific"] = (table["model_p_holm"] < ALPHA).to_numpy()
     return table[SPECIFICITY_COLUMNS]
 
 

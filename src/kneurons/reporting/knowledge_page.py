@@ -79,6 +79,21 @@ def _first_paragraph(
             f"per-(layer, module) counts do (Holm p < {ALPHA}). The knowledge neurons found here "
             "are not class-specific."
         )
+    if not p_true.empty and "model_specific" in p_true:
+        each = {
+            i: class_order(
+                p_true[(p_true["intervention"] == i) & p_true["model_specific"].astype(bool)][
+                    "neuron_class"
+                ]
+            )
+            for i in INTERVENTIONS
+        }
+        within = class_order(each["suppress"], each["amplify"])
+        text += (
+            f" Tested in each fine-tuned model instead (the knowledge set against that model's "
+            f"{int(p_true['n_draws'].min())} matched sets, Fisher over seeds): {len(within)} of "
+            f"{n} classes" + (f" (EC {class_names(within)})." if within else ".")
+        )
     if without:
         text += f" Classes without knowledge neurons in any seed: EC {class_names(without)}."
     if not has_motifs:
@@ -133,10 +148,14 @@ def _definitions(n_draws: int) -> list[str]:
         "mean effect on the other classes' sequences. Matched: the mean over the "
         f"{n_draws} random unit set{'s' if n_draws != 1 else ''} per seed with the same count "
         "in every (layer, module) cell. Difference: knowledge specificity - matched "
-        "specificity, paired by seed; p: two-sided paired t-test over seeds, Holm-corrected "
-        "over every intervention x quantity x class row. Specific: Holm p < "
-        f"{ALPHA} and the difference in the expected direction (suppression below matched, "
-        "amplification above).",
+        "specificity, paired by seed. Two questions, two tests, each Holm-corrected over every "
+        "intervention x quantity x class row. *Across fine-tuned models*: two-sided paired "
+        f"t-test over seeds; specific: Holm p < {ALPHA} and the difference in the expected "
+        "direction (suppression below matched, amplification above). *In each fine-tuned "
+        "model*: per seed, the permutation p of the knowledge set's specificity among that "
+        "seed's matched sets, one-sided in the expected direction, (1 + sets at least as "
+        "extreme) / (1 + sets), so at least 1 / (1 + sets); combined over seeds by Fisher's "
+        f"method; specific: Holm p < {ALPHA}.",
         "",
     ]
 
@@ -187,6 +206,9 @@ def _effect_lines(specificity: pd.DataFrame) -> list[str]:
                     format_interval(r.difference_mean, r.difference_ci_low, r.difference_ci_high),
                     format_p(r.p_holm),
                     "yes" if r.specific else "no",
+                    _seed_ps(r.per_seed_p, r.n_draws),
+                    format_p(r.model_p_holm),
+                    "yes" if r.model_specific else "no",
                 ]
             )
         header = [
@@ -197,12 +219,24 @@ def _effect_lines(specificity: pd.DataFrame) -> list[str]:
             "specificity",
             "matched specificity",
             "difference",
-            "Holm p",
+            "across models: Holm p",
+            "specific",
+            "in each model: p per seed (sets)",
+            "in each model: Holm p",
             "specific",
         ]
         lines += [f"## Causal effects on {QUANTITY_LABELS.get(quantity, quantity)}", ""]
         lines += md_table(header, rows)
     return lines
+
+
+def _seed_ps(per_seed_p, n_draws) -> str:
+    """The range of the per-seed permutation p-values and the draws behind each."""
+    if not isinstance(per_seed_p, str) or not per_seed_p:
+        return "n/a"
+    p = [float(v.split(":")[1]) for v in per_seed_p.split()]
+    spread = f"{min(p):.2g}" if min(p) == max(p) else f"{min(p):.2g}-{max(p):.2g}"
+    return f"{spread} ({int(n_draws)})"
 
 
 def _motif_lines(motifs: pd.DataFrame, detectors: pd.DataFrame, n_top: int) -> list[str]:

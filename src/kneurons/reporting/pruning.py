@@ -157,29 +157,63 @@ def _per_seed(accuracy: pd.DataFrame, selection: str, method: str, scope: str, r
     return rows_of(accuracy, selection, method, scope, r).set_index("seed")["value"]
 
 
-def tests_table(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Paired tests across seeds: each method minus that seed's random mean (and matched-random
-    mean), globally and within each module type; Holm-corrected within each comparison."""
+# the two questions a test answers, as tests.tsv's `question` names them
+ACROSS_MODELS = "across fine-tuned models"
+IN_EACH_MODEL = "in each fine-tuned model"
+TEST_COLUMNS = [
+    "comparison",
+    "family",
+    "question",
+    "test",
+    "method",
+    "scope",
+    "retention",
+    "n_seeds",
+    "n_draws",
+    "mean_difference",
+    "ci_low",
+    "ci_high",
+    "t",
+    "p",
+    "per_seed_p",
+    "p_holm",
+    "significant",
+]
+
+
+def _controls(method: str, scope: str) -> list[tuple[str, str, str]]:
+    """(selection, method, comparison name) of the controls a method's selection is tested
+    against: random and matched random globally, random within the module type otherwise."""
+    if scope != GLOBAL:
+        return [("random", RANDOM, "random within module")]
+    return [("random", RANDOM, "random"), ("matched", method, "matched random")]
+
+
+def tests_table(accuracy: pd.DataFrame, results: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Does each method's selection beat its controls (random, matched random globally; random
+    within each module type)? Two questions, two tests (`question`):
+    - across fine-tuned models: per seed the method minus the mean of that seed's draws, a
+      two-sided paired t-test over seeds (`paired_test`);
+    - in each fine-tuned model (needs `results`, the per-model rows with every draw): per
+      seed the permutation p of the method's value among that seed's draws (one-sided,
+      greater; `permutation_p`), combined over seeds by Fisher's method (`fisher_combined`).
+    Holm-corrected over methods x ratios (x modules) within each (question, comparison)."""
     scored = accuracy[accuracy["selection"] == "scored"]
     rows = []
     for (method, scope, r), _ in scored.groupby(["method", "scope", "retention"], sort=False):
         mine = _per_seed(accuracy, "scored", method, scope, r)
-        controls = [("random", RANDOM)]
-        if scope == GLOBAL:
-            controls.append(("matched", method))
-        for control, control_method in controls:
+        for control, control_method, comparison in _controls(method, scope):
             other = _per_seed(accuracy, control, control_method, scope, r)
             diff = (mine - other).dropna()
             if diff.empty:
                 continue
-            comparison = f"{control} random" if control == "matched" else "random"
-            if scope != GLOBAL:
-                comparison = "random within module"
             test = stats.paired_test(diff.to_numpy())
             rows.append(
                 {
                     "comparison": f"{method} - {comparison}",
                     "family": comparison,
+                    "question": ACROSS_MODELS,
+                    "test": "paired t over seeds",
                     "method": method,
                     "scope": scope,
                     "retention": r,
@@ -191,12 +225,62 @@ def tests_table(accuracy: pd.DataFrame) -> pd.DataFrame:
                     "p": test["p"],
                 }
             )
-    table = pd.DataFrame(rows)
+            if results is not None:
+                rows += _model_test_rows(results, accuracy, method, scope, r, control, comparison)
+    table = pd.DataFrame(rows, columns=TEST_COLUMNS[:-2])
     if table.empty:
         return table.assign(p_holm=[], significant=[])
-    table["p_holm"] = table.groupby("family")["p"].transform(lambda p: stats.holm(p.to_numpy()))
+    family = table["question"] + ": " + table["family"]
+    table["p_holm"] = table.groupby(family)["p"].transform(lambda p: stats.holm(p.to_numpy()))
     table["significant"] = table["p_holm"] < ALPHA
-    return table
+    return table[TEST_COLUMNS]
+
+
+def _model_test_rows(
+    results: pd.DataFrame,
+    accuracy: pd.DataFrame,
+    method: str,
+    scope: str,
+    r: float,
+    control: str,
+    comparison: str,
+) -> list[dict]:
+    """The in-each-model test of one (method, scope, ratio) against one control: the per-seed
+    permutation p-values and their Fisher combination (at most one row)."""
+    metric = accuracy["metric"].iloc[0]
+    at_ratio = np.isclose(results["retention"], r) & (results["scope"] == scope)
+    mine = results[at_ratio & (results["selection"] == "scored") & (results["method"] == method)]
+    draws = results[at_ratio & (results["selection"] == control)]
+    if control == "matched":
+        draws = draws[draws["method"] == method]
+    p_by_seed, n_draws, differences = {}, [], []
+    for seed, observed in mine.set_index("seed")[metric].items():
+        values = draws.loc[draws["seed"] == seed, metric].to_numpy(dtype=float)
+        if len(values):
+            p_by_seed[seed] = stats.permutation_p(float(observed), values, "greater")
+            n_draws.append(len(values))
+            differences.append(float(observed) - values.mean())
+    if not p_by_seed:
+        return []
+    return [
+        {
+            "comparison": f"{method} - {comparison}",
+            "family": comparison,
+            "question": IN_EACH_MODEL,
+            "test": "permutation per seed (one-sided), Fisher over seeds",
+            "method": method,
+            "scope": scope,
+            "retention": r,
+            "n_seeds": len(p_by_seed),
+            "n_draws": min(n_draws),
+            "mean_difference": float(np.mean(differences)),
+            "ci_low": np.nan,
+            "ci_high": np.nan,
+            "t": np.nan,
+            "p": stats.fisher_combined(list(p_by_seed.values())),
+            "per_seed_p": " ".join(f"{s}:{p:.3g}" for s, p in sorted(p_by_seed.items())),
+        }
+    ]
 
 
 def density_table(kept: pd.DataFrame) -> pd.DataFrame:

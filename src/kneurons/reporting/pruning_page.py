@@ -18,7 +18,14 @@ from kneurons.reporting.format import (
     method_order,
     module_order,
 )
-from kneurons.reporting.pruning import FOCUS_MODULE, NEAR_CHANCE, metric_label, rows_of
+from kneurons.reporting.pruning import (
+    ACROSS_MODELS,
+    FOCUS_MODULE,
+    IN_EACH_MODEL,
+    NEAR_CHANCE,
+    metric_label,
+    rows_of,
+)
 
 
 def _summary_row(summary: pd.DataFrame, selection: str, method: str, scope: str, r: float):
@@ -103,30 +110,80 @@ def _accuracy_lines(summary: pd.DataFrame, tests: pd.DataFrame, n_draws: dict) -
     lines += [
         "### Does a method beat random?",
         "",
-        f"Per seed, the method's {metric_label(summary)} minus the mean of that seed's random "
-        "draws; "
-        "mean "
-        "[95% t-interval], two-sided paired t-test over seeds (the seed is the replicate; with 5 "
-        "seeds a sign-flip or Wilcoxon test cannot go below p = 0.0625), Holm-corrected over "
-        f"methods x ratios within each comparison. Significant: Holm p < {ALPHA}.",
+        "Two questions, two tests, Holm-corrected over methods x ratios within each question "
+        f"and comparison; significant: Holm p < {ALPHA}.",
+        "",
+        "- *Across fine-tuned models*: per seed, the method's "
+        f"{metric_label(summary)} minus the mean of that seed's draws; mean [95% t-interval], "
+        "two-sided paired t-test over seeds (the seed is the replicate; with 5 seeds a "
+        "sign-flip or Wilcoxon test cannot go below p = 0.0625).",
+        "- *In each fine-tuned model*: per seed, the permutation p of the method's value among "
+        "that seed's random draws, (1 + draws at least as high) / (1 + draws), one-sided; the "
+        "smallest p one seed can give is 1 / (1 + draws). Combined over seeds by Fisher's "
+        "method (the null: in no model does the method beat its random draws).",
         "",
     ]
+    across = _question(tests, ACROSS_MODELS)
+    each = _question(tests, IN_EACH_MODEL)
     rows = []
-    glob_tests = tests[tests["scope"] == GLOBAL]
-    for t in glob_tests.itertuples(index=False):
-        verdict = "yes" if t.significant else "no"
-        direction = "above" if t.mean_difference > 0 else "below"
+    for t in across[across["scope"] == GLOBAL].itertuples(index=False):
+        model_test = _matching(each, t)
         rows.append(
             [
                 t.comparison,
                 format_retention(t.retention),
                 format_interval(t.mean_difference, t.ci_low, t.ci_high),
-                format_p(t.p_holm),
-                f"{verdict} ({direction})" if t.significant else "no",
+                _verdict(t),
+                _seed_ps(model_test),
+                _verdict(model_test),
             ]
         )
-    lines += md_table(["comparison", "ratio", "difference", "Holm p", "significant"], rows)
+    header = [
+        "comparison",
+        "ratio",
+        "difference",
+        "across models: Holm p",
+        "in each model: p per seed (draws)",
+        "in each model: Holm p",
+    ]
+    lines += md_table(header, rows)
     return lines
+
+
+def _question(tests: pd.DataFrame, question: str) -> pd.DataFrame:
+    if tests.empty or "question" not in tests:
+        return tests
+    return tests[tests["question"] == question]
+
+
+def _matching(tests: pd.DataFrame, row) -> object | None:
+    """The row of `tests` for the same comparison, scope and ratio as `row`, or None."""
+    if tests.empty:
+        return None
+    match = tests[
+        (tests["comparison"] == row.comparison)
+        & (tests["scope"] == row.scope)
+        & np.isclose(tests["retention"], row.retention)
+    ]
+    return None if match.empty else next(match.itertuples(index=False))
+
+
+def _verdict(test) -> str:
+    """Holm p, with 'yes (above)' / 'yes (below)' where significant."""
+    if test is None:
+        return "n/a"
+    if not test.significant:
+        return format_p(test.p_holm)
+    direction = "above" if test.mean_difference > 0 else "below"
+    return f"{format_p(test.p_holm)}, yes ({direction})"
+
+
+def _seed_ps(test) -> str:
+    if test is None:
+        return "n/a (no draws)"
+    p = [float(v.split(":")[1]) for v in str(test.per_seed_p).split()]
+    spread = f"{min(p):.2g}" if min(p) == max(p) else f"{min(p):.2g}-{max(p):.2g}"
+    return f"{spread} ({int(test.n_draws)})"
 
 
 def _module_lines(summary: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
@@ -139,7 +196,8 @@ def _module_lines(summary: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
         "Each module type alone pruned to the ratio (top units by each method, or at random), "
         f"every other module intact; mean {metric_label(summary)} [95% t-interval over seeds]. "
         "The method - "
-        "random difference and its Holm p (over modules x ratios x methods) follow each cell.",
+        "random difference and its Holm p (over modules x ratios x methods) follow each cell: "
+        "across fine-tuned models (paired t) / in each fine-tuned model (permutation, Fisher).",
         "",
     ]
     methods = method_order(within[within["selection"] == "scored"]["method"])
@@ -150,15 +208,20 @@ def _module_lines(summary: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
             row = [module, format_retention(r)]
             for method in methods:
                 cell = _cell(summary, "scored", method, module, r)
-                t = tests[
-                    (tests["method"] == method)
-                    & (tests["scope"] == module)
-                    & np.isclose(tests["retention"], r)
-                ]
-                if not t.empty:
-                    t = t.iloc[0]
-                    star = " *" if t.significant else ""
-                    cell += f"; {t.mean_difference:+.3f}, p {format_p(t.p_holm)}{star}"
+                ps = []
+                for question in (ACROSS_MODELS, IN_EACH_MODEL):
+                    t = _question(tests, question)
+                    t = t[
+                        (t["method"] == method)
+                        & (t["scope"] == module)
+                        & np.isclose(t["retention"], r)
+                    ]
+                    if not t.empty:
+                        t = t.iloc[0]
+                        ps.append(f"{format_p(t.p_holm)}{' *' if t.significant else ''}")
+                        difference = t.mean_difference
+                if ps:
+                    cell += f"; {difference:+.3f}, p {' / '.join(ps)}"
                 row.append(cell)
             row.append(_cell(summary, "random", RANDOM, module, r))
             rows.append(row)
