@@ -259,6 +259,22 @@ def test_per_model_tests_are_permutation_ps_combined_by_fisher(written):
     assert "in each model: p per seed (draws)" in md and "0.2 (4)" in md
 
 
+def test_one_seed_gets_the_per_model_test_and_no_paired_test(tmp_path):
+    inputs = [paths[:1] for paths in _write_inputs(tmp_path)]
+    outputs = _outputs(tmp_path)
+    aggregate.write_outputs(*inputs, outputs)
+    tests = pd.read_csv(outputs["tests"], sep="\t")
+    good = tests[(tests["comparison"] == "good - random") & (tests["retention"] == 0.1)]
+    good = good.set_index("question")
+    assert np.isnan(good.loc[pruning.ACROSS_MODELS, "p"])  # one seed: no t-test
+    # one model, 4 draws, all below: p = 1 / 5 (Fisher of one p-value is that p-value)
+    assert good.loc[pruning.IN_EACH_MODEL, "p"] == pytest.approx(0.2)
+    assert good.loc[pruning.IN_EACH_MODEL, "per_seed_p"] == "0:0.2"
+    md = outputs["markdown"].read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| good - random | 10% |"))
+    assert "n/a" in line and "0.2 (4)" in line
+
+
 def test_enrichment_has_exact_nulls_and_flags_k_proj(written):
     tables, md, *_ = written
     enrichment = tables["enrichment"].set_index(["method", "retention", "module"])
