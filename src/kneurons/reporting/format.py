@@ -59,6 +59,16 @@ def format_p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
 
 
+def format_seed_ps(per_seed_p, n_draws) -> str:
+    """The range of per-seed permutation p-values ("seed:p seed:p ...") and, in brackets, the
+    draws behind each: "0.01-0.05 (99)"; "n/a" without any."""
+    if not isinstance(per_seed_p, str) or not per_seed_p:
+        return "n/a"
+    p = [float(v.split(":")[1]) for v in per_seed_p.split()]
+    spread = f"{min(p):.2g}" if min(p) == max(p) else f"{min(p):.2g}-{max(p):.2g}"
+    return f"{spread} ({int(n_draws)})"
+
+
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]

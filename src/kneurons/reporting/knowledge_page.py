@@ -13,6 +13,7 @@ from kneurons.reporting.format import (
     INTERVAL,
     format_interval,
     format_p,
+    format_seed_ps,
     md_table,
 )
 from kneurons.reporting.knowledge import (
@@ -206,7 +207,7 @@ def _effect_lines(specificity: pd.DataFrame) -> list[str]:
                     format_interval(r.difference_mean, r.difference_ci_low, r.difference_ci_high),
                     format_p(r.p_holm),
                     "yes" if r.specific else "no",
-                    _seed_ps(r.per_seed_p, r.n_draws),
+                    format_seed_ps(r.per_seed_p, r.n_draws),
                     format_p(r.model_p_holm),
                     "yes" if r.model_specific else "no",
                 ]
@@ -228,15 +229,6 @@ def _effect_lines(specificity: pd.DataFrame) -> list[str]:
         lines += [f"## Causal effects on {QUANTITY_LABELS.get(quantity, quantity)}", ""]
         lines += md_table(header, rows)
     return lines
-
-
-def _seed_ps(per_seed_p, n_draws) -> str:
-    """The range of the per-seed permutation p-values and the draws behind each."""
-    if not isinstance(per_seed_p, str) or not per_seed_p:
-        return "n/a"
-    p = [float(v.split(":")[1]) for v in per_seed_p.split()]
-    spread = f"{min(p):.2g}" if min(p) == max(p) else f"{min(p):.2g}-{max(p):.2g}"
-    return f"{spread} ({int(n_draws)})"
 
 
 def _motif_lines(motifs: pd.DataFrame, detectors: pd.DataFrame, n_top: int) -> list[str]:

@@ -14,6 +14,7 @@ from kneurons.reporting.format import (
     format_interval,
     format_p,
     format_retention,
+    format_seed_ps,
     md_table,
     method_order,
     module_order,
@@ -128,13 +129,16 @@ def _accuracy_lines(summary: pd.DataFrame, tests: pd.DataFrame, n_draws: dict) -
     rows = []
     for t in across[across["scope"] == GLOBAL].itertuples(index=False):
         model_test = _matching(each, t)
+        seed_ps = "n/a"
+        if model_test is not None:
+            seed_ps = format_seed_ps(model_test.per_seed_p, model_test.n_draws)
         rows.append(
             [
                 t.comparison,
                 format_retention(t.retention),
                 format_interval(t.mean_difference, t.ci_low, t.ci_high),
                 _verdict(t),
-                _seed_ps(model_test),
+                seed_ps,
                 _verdict(model_test),
             ]
         )
@@ -176,14 +180,6 @@ def _verdict(test) -> str:
         return format_p(test.p_holm)
     direction = "above" if test.mean_difference > 0 else "below"
     return f"{format_p(test.p_holm)}, yes ({direction})"
-
-
-def _seed_ps(test) -> str:
-    if test is None:
-        return "n/a (no draws)"
-    p = [float(v.split(":")[1]) for v in str(test.per_seed_p).split()]
-    spread = f"{min(p):.2g}" if min(p) == max(p) else f"{min(p):.2g}-{max(p):.2g}"
-    return f"{spread} ({int(test.n_draws)})"
 
 
 def _module_lines(summary: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
