@@ -257,6 +257,9 @@ def test_per_model_tests_are_permutation_ps_combined_by_fisher(written):
     # Holm within each question and family: 4 per-model tests against random
     assert (tests.loc[tests["question"] == pruning.IN_EACH_MODEL, "family"] == "random").sum() == 4
     assert "in each model: p per seed (draws)" in md and "0.2 (4)" in md
+    # and the page says that these draws cannot give a significant per-model result
+    assert "In each model, random: 4 draws per seed and 5 seed(s) give at best p = 0.097" in md
+    assert "0.39 after Holm over 4 rows, so this test cannot reach" in md
 
 
 def test_one_seed_gets_the_per_model_test_and_no_paired_test(tmp_path):

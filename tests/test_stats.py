@@ -14,6 +14,7 @@ from kneurons.analysis.stats import (
     bootstrap_means,
     effective_masks,
     fisher_combined,
+    fisher_floor,
     holm,
     hypergeom_pmf,
     mean_interval,
@@ -159,6 +160,15 @@ def test_fisher_combination_on_a_known_vector():
     assert fisher_combined([0.01, math.nan, 0.2, 0.5]) == pytest.approx(expected)
     assert fisher_combined([1.0, 1.0]) == pytest.approx(1.0)
     assert math.isnan(fisher_combined([]))
+
+
+def test_fisher_floor_says_what_the_draws_can_reach():
+    assert fisher_floor(99, 1) == pytest.approx(0.01)  # one seed: the permutation floor
+    assert fisher_floor(99, 1, 18) == pytest.approx(0.18)  # Holm over 18 rows: not < 0.05
+    assert fisher_floor(359, 1, 18) == pytest.approx(0.05)  # one seed needs 359 draws
+    assert fisher_floor(19, 5, 18) == pytest.approx(18 * fisher_combined([0.05] * 5))
+    assert fisher_floor(19, 5, 18) < 0.05 < fisher_floor(3, 5, 18)
+    assert fisher_floor(3, 1, 10) == 1.0
 
 
 # --- enrichment ------------------------------------------------------------------------------

@@ -182,6 +182,13 @@ def fisher_combined(pvalues: Sequence[float]) -> float:
     return float(sps.combine_pvalues(p, method="fisher").pvalue)
 
 
+def fisher_floor(n_draws: int, n_seeds: int, n_tests: int = 1) -> float:
+    """The smallest Holm-adjusted p the per-model test can give: every one of `n_seeds` seeds
+    at the permutation floor 1 / (1 + `n_draws`), Fisher-combined, times the `n_tests` rows of
+    its Holm family (capped at 1). Above the test level, no effect can be found."""
+    return min(1.0, fisher_combined([1 / (1 + n_draws)] * n_seeds) * n_tests)
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values, in the input's order: the i-th smallest of m is
     multiplied by m - i + 1 (i from 1), made non-decreasing in that order and capped at 1.

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from kneurons.analysis import stats
 from kneurons.model.units import INTERVENTIONS
 from kneurons.reporting.format import (
     ALPHA,
@@ -90,10 +91,13 @@ def _first_paragraph(
             for i in INTERVENTIONS
         }
         within = class_order(each["suppress"], each["amplify"])
+        n_sets = int(specificity["n_draws"].min())
+        floor = stats.fisher_floor(n_sets, int(specificity["n_seeds"].max()), len(specificity))
         text += (
             f" Tested in each fine-tuned model instead (the knowledge set against that model's "
-            f"{int(p_true['n_draws'].min())} matched sets, Fisher over seeds): {len(within)} of "
-            f"{n} classes" + (f" (EC {class_names(within)})." if within else ".")
+            f"{n_sets} matched sets, Fisher over seeds; these sets and seeds allow at best Holm "
+            f"p = {format_p(floor)}): {len(within)} of {n} classes"
+            + (f" (EC {class_names(within)})." if within else ".")
         )
     if without:
         text += f" Classes without knowledge neurons in any seed: EC {class_names(without)}."

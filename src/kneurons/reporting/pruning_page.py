@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from kneurons.analysis import stats
 from kneurons.model.units import GLOBAL
 from kneurons.reporting.format import (
     ALPHA,
@@ -151,7 +152,24 @@ def _accuracy_lines(summary: pd.DataFrame, tests: pd.DataFrame, n_draws: dict) -
         "in each model: Holm p",
     ]
     lines += md_table(header, rows)
-    return lines
+    return lines + _floor_lines(each[each["scope"] == GLOBAL] if not each.empty else each)
+
+
+def _floor_lines(each: pd.DataFrame) -> list[str]:
+    """What the in-each-model test can reach at best with these draws and seeds: the Fisher
+    p of every seed at its floor, and that times the rows of its Holm family."""
+    lines = []
+    for family, rows in each.groupby("family", sort=False):
+        n_draws, n_seeds = int(rows["n_draws"].min()), int(rows["n_seeds"].max())
+        best = stats.fisher_floor(n_draws, n_seeds)
+        holm_best = stats.fisher_floor(n_draws, n_seeds, len(rows))
+        verdict = "can" if holm_best < ALPHA else "cannot"
+        lines.append(
+            f"- In each model, {family}: {n_draws} draws per seed and {n_seeds} seed(s) give at "
+            f"best p = {format_p(best)}, {format_p(holm_best)} after Holm over {len(rows)} rows, "
+            f"so this test {verdict} reach Holm p < {ALPHA}."
+        )
+    return [*lines, ""] if lines else []
 
 
 def _question(tests: pd.DataFrame, question: str) -> pd.DataFrame:
