@@ -259,7 +259,7 @@ def test_per_model_tests_are_permutation_ps_combined_by_fisher(written):
     assert "in each model: p per seed (draws)" in md and "0.2 (4)" in md
     # and the page says that these draws cannot give a significant per-model result
     assert "In each model, random: 4 draws per seed and 5 seed(s) give at best p = 0.097" in md
-    assert "0.39 after Holm over 4 rows, so this test cannot reach" in md
+    assert "= 0.39 after Holm over 4 rows, so this test cannot reach" in md
 
 
 def test_one_seed_gets_the_per_model_test_and_no_paired_test(tmp_path):
@@ -340,3 +340,19 @@ def test_imbalanced_classes_make_balanced_accuracy_the_headline(tmp_path):
     assert "## Balanced test accuracy of the pruned models" in md
     summary = pd.read_csv(outputs["summary"], sep="\t")
     assert set(summary["metric"]) == {"balanced_accuracy"}
+
+
+def test_retention_axis_spaces_the_ratios_evenly():
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    ratios = [1.0, 0.9, 0.75, 0.5, 0.25, 0.1, 0.01]
+    plots._even_ratio_scale(ax, ratios)
+    scale = ax.xaxis.get_transform()
+    positions = scale.transform(np.array(sorted(ratios)))
+    assert positions == pytest.approx(np.arange(len(ratios)))  # 1% at 0, ..., 100% at 6
+    # between two ratios: log-interpolated; beyond the ends: continued, and invertible
+    assert scale.transform(np.array([np.sqrt(0.01 * 0.1)]))[0] == pytest.approx(0.5)
+    back = plots._shifted(ax, [1.0, 0.01], 0.45)
+    assert scale.transform(back) == pytest.approx([6.45, 0.45])
+    assert back[0] > 1.0 and 0.01 < back[1] < 0.1

@@ -83,8 +83,9 @@ def _method_curves(ax, summary, accuracy, methods: list[str], colors: dict) -> N
             & (accuracy["method"] == method)
             & (accuracy["scope"] == GLOBAL)
         ]
-        jitter = 1 + 0.03 * (k - (len(methods) - 1) / 2)
-        ax.plot(points["retention"] * jitter, points["value"], ".", color=c, alpha=0.5, ms=5)
+        shift = 0.04 * (k - (len(methods) - 1) / 2)  # in evenly spaced ratio positions
+        x = _shifted(ax, points["retention"].to_numpy(dtype=float), shift)
+        ax.plot(x, points["value"], ".", color=c, alpha=0.5, ms=5)
         _mean_with_interval(ax, _selected(summary, "scored", method, GLOBAL), c, method, lw=1.8)
         matched = _selected(summary, "matched", method, GLOBAL)
         if not matched.empty:
@@ -126,18 +127,52 @@ def _reference_lines(ax, summary: pd.DataFrame, chance: float | None) -> None:
 def _retention_axes(
     ax, retentions: Iterable[float], scored: str = "neurons", metric: str = "test accuracy"
 ) -> None:
-    """Log retention axis with one labelled tick per ratio (100% on the left), labels, grid."""
+    """Ticks, limits and labels of a retention axis (`_even_ratio_scale`, set before anything
+    is drawn): one labelled tick per ratio, 100% on the left."""
     rets = sorted(set(retentions) | {1.0})
-    ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(rets))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_retention(x)))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlim(max(rets) * 1.25, min(rets) / 1.25)  # 100% on the left: more pruning ->
+    # 100% on the left: more pruning ->
+    ax.set_xlim(_shifted(ax, [max(rets)], 0.45)[0], _shifted(ax, [min(rets)], -0.45)[0])
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel(f"retention ratio r (% of scored {scored} kept, log scale)")
+    ax.set_xlabel(f"retention ratio r (% of scored {scored} kept, ratios evenly spaced)")
     ax.set_ylabel(metric)
     ax.set_title(f"Test accuracy after keeping the top-r {scored} and ablating the rest")
     ax.grid(True, which="major", alpha=0.3)
+
+
+def _piecewise(x, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Piecewise-linear through (xp, fp), xp ascending, continued linearly past both ends."""
+    x = np.asarray(x, dtype=float)
+    if len(xp) < 2:
+        return x - xp[0] + fp[0]
+    y = np.interp(x, xp, fp)
+    low, high = x < xp[0], x > xp[-1]
+    y[low] = fp[0] + (x[low] - xp[0]) * (fp[1] - fp[0]) / (xp[1] - xp[0])
+    y[high] = fp[-1] + (x[high] - xp[-1]) * (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+    return y
+
+
+def _even_ratio_scale(ax, ratios: Sequence[float]) -> None:
+    """An x scale on which the sorted `ratios` sit one unit apart (log-interpolated between
+    them, continued linearly beyond); increasing, like every matplotlib scale."""
+    logs = np.log(np.asarray(sorted(ratios), dtype=float))
+    positions = np.arange(len(logs), dtype=float)
+
+    def forward(x):
+        return _piecewise(np.log(np.clip(np.asarray(x, dtype=float), 1e-12, None)), logs, positions)
+
+    def inverse(y):
+        return np.exp(_piecewise(y, positions, logs))
+
+    ax.set_xscale("function", functions=(forward, inverse))
+
+
+def _shifted(ax, ratios, shift: float) -> np.ndarray:
+    """Where to draw `ratios` moved by `shift` positions of the x scale (a jitter, a margin)."""
+    scale = ax.xaxis.get_transform()
+    return scale.inverted().transform(scale.transform(np.asarray(ratios, dtype=float)) + shift)
 
 
 def plot_accuracy_vs_retention(
@@ -155,12 +190,14 @@ def plot_accuracy_vs_retention(
         fig = Figure(figsize=(st["figure_width"], st["figure_width"] * 0.55), layout="constrained")
         ax = fig.add_subplot()
         methods = method_order(summary.loc[summary["selection"] == "scored", "method"])
+        ratios = summary.loc[summary["scope"] == GLOBAL, "retention"].dropna().astype(float)
+        # evenly spaced, not log: a log axis crowds 100%, 90% and 75% into one spot
+        _even_ratio_scale(ax, sorted(set(ratios) | {1.0}))
         _method_curves(
             ax, summary, accuracy, methods, method_colors(methods, st.get("method_colors"))
         )
         _random_band(ax, summary)
         _reference_lines(ax, summary, chance)
-        ratios = summary.loc[summary["scope"] == GLOBAL, "retention"].dropna().astype(float)
         _retention_axes(ax, ratios, st["scored"], METRIC_LABELS[summary["metric"].iloc[0]])
         fig.legend(
             loc="outside right upper", frameon=False, title=f"points: seeds\nbars: {INTERVAL}"

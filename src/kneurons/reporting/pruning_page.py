@@ -166,10 +166,16 @@ def _floor_lines(each: pd.DataFrame) -> list[str]:
         verdict = "can" if holm_best < ALPHA else "cannot"
         lines.append(
             f"- In each model, {family}: {n_draws} draws per seed and {n_seeds} seed(s) give at "
-            f"best p = {format_p(best)}, {format_p(holm_best)} after Holm over {len(rows)} rows, "
+            f"best p {_equals(best)}, {_equals(holm_best)} after Holm over {len(rows)} rows, "
             f"so this test {verdict} reach Holm p < {ALPHA}."
         )
     return [*lines, ""] if lines else []
+
+
+def _equals(p: float) -> str:
+    """'= 0.097' or '<1e-4' (format_p's own '<')."""
+    text = format_p(p)
+    return text if text.startswith("<") else f"= {text}"
 
 
 def _question(tests: pd.DataFrame, question: str) -> pd.DataFrame:
