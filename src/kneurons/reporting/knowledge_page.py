@@ -41,6 +41,15 @@ def class_names(classes: Sequence) -> str:
     return ", ".join(str(c) for c in classes) if classes else "none"
 
 
+def _specific_classes(p_true: pd.DataFrame, column: str) -> tuple[dict, list]:
+    """The classes whose rows are flagged in `column`, per intervention and under either."""
+    flagged = p_true[p_true[column].astype(bool)]
+    by = {
+        i: class_order(flagged[flagged["intervention"] == i]["neuron_class"]) for i in INTERVENTIONS
+    }
+    return by, class_order(by["suppress"], by["amplify"])
+
+
 def _first_paragraph(
     specificity: pd.DataFrame,
     detectors: pd.DataFrame,
@@ -52,11 +61,7 @@ def _first_paragraph(
     their own class's motifs more than matched random units."""
     n = len(classes)
     p_true = specificity[specificity["quantity"] == "p_true"]
-    by = {
-        i: class_order(p_true[(p_true["intervention"] == i) & p_true["specific"]]["neuron_class"])
-        for i in INTERVENTIONS
-    }
-    either = class_order(by["suppress"], by["amplify"])
+    by, either = _specific_classes(p_true, "specific")
     if p_true.empty:
         text = (
             f"**No class has knowledge neurons in any seed ({n} classes), so there is no "
@@ -82,15 +87,7 @@ def _first_paragraph(
             "are not class-specific."
         )
     if not p_true.empty and "model_specific" in p_true:
-        each = {
-            i: class_order(
-                p_true[(p_true["intervention"] == i) & p_true["model_specific"].astype(bool)][
-                    "neuron_class"
-                ]
-            )
-            for i in INTERVENTIONS
-        }
-        within = class_order(each["suppress"], each["amplify"])
+        _, within = _specific_classes(p_true, "model_specific")
         n_sets = int(specificity["n_draws"].min())
         floor = stats.fisher_floor(n_sets, int(specificity["n_seeds"].max()), len(specificity))
         text += (
