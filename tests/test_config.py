@@ -7,7 +7,14 @@ import pytest
 import yaml
 
 from kneurons.attribution.methods import REGISTRY
-from kneurons.config import ConfigError, canonical, check_config, conform, knowledge_enabled
+from kneurons.config import (
+    ConfigError,
+    canonical,
+    check_config,
+    conform,
+    knowledge_enabled,
+    pretrain_enabled,
+)
 from kneurons.model.release import check_model_config, model_kind, num_layers
 
 SCHEMA = {
@@ -66,6 +73,48 @@ def test_the_default_config_passes():
     check_config(DEFAULT, REGISTRY)
     check_model_config(DEFAULT["model"])
     assert knowledge_enabled(DEFAULT, REGISTRY)
+
+
+def with_model(name: str, source: str = "synthetic", corpus: str = "", enabled="auto") -> dict:
+    model = {**DEFAULT["model"], "name": name}
+    model["pretrain"] = {**DEFAULT["model"]["pretrain"], "corpus": corpus, "enabled": enabled}
+    return changed(model=model, data={"source": source})
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (with_model("tiny"), True),  # the default: the synthetic pool
+        (with_model("tiny", source="uniprot"), False),  # no corpus fits real enzymes
+        (with_model("tiny", source="uniprot", corpus="seqs.fasta"), True),
+        # a release ESM-2 already is a masked LM: never pretrained on the synthetic pool unasked
+        (with_model("esm2_t6_8M_UR50D"), False),
+        (with_model("esm2_t6_8M_UR50D", corpus="seqs.fasta"), False),
+        (with_model("esm2_t6_8M_UR50D", corpus="seqs.fasta", enabled=True), True),
+        (with_model("tiny", enabled=False), False),
+    ],
+)
+def test_pretraining_auto_pretrains_only_the_tiny_model_on_a_fitting_corpus(config, expected):
+    assert pretrain_enabled(config) is expected
+
+
+def test_the_workflow_config_resolves_auto(tmp_path):
+    """The rules see a boolean: `auto` and the value it stands for are one setting."""
+    from snakemake.utils import validate
+
+    from kneurons.config import checked_config
+    from kneurons.model.units import MODULES
+
+    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    auto = checked_config(copy.deepcopy(DEFAULT), schema, REGISTRY, MODULES, validate)
+    explicit = copy.deepcopy(DEFAULT)
+    explicit["model"]["pretrain"]["enabled"] = True
+    assert auto == checked_config(explicit, schema, REGISTRY, MODULES, validate)
+    assert auto["model"]["pretrain"]["enabled"] is True
+    bad = copy.deepcopy(DEFAULT)
+    bad["model"]["pretrain"]["enabled"] = "sometimes"
+    with pytest.raises(ConfigError, match="model.pretrain.enabled"):
+        checked_config(bad, schema, REGISTRY, MODULES, validate)
 
 
 @pytest.mark.parametrize(

@@ -117,13 +117,14 @@ def check_config(config: Mapping, methods: Mapping) -> None:
             "model.tiny.embed_dim", "must be divisible by model.tiny.attention_heads"
         )
     pretrain = config["model"]["pretrain"]
-    if pretrain["enabled"] and not pretrain["corpus"] and data["source"] != "synthetic":
+    enabled = pretrain_enabled(config)
+    if enabled and not pretrain["corpus"] and data["source"] != "synthetic":
         raise config_error(
             "model.pretrain.corpus",
             "is empty: the synthetic pool serves only data.source synthetic; give a FASTA or "
             "table of unlabeled sequences",
         )
-    if pretrain["enabled"] and pretrain["corpus"] and not Path(pretrain["corpus"]).is_file():
+    if enabled and pretrain["corpus"] and not Path(pretrain["corpus"]).is_file():
         raise config_error("model.pretrain.corpus", f"{pretrain['corpus']} does not exist")
     knowledge = config["knowledge"]
     method = methods.get(knowledge["method"])
@@ -165,5 +166,18 @@ def checked_config(
     check_schema(config, schema)
     validate(config, str(schema_path), set_default=True)
     config = canonical(conform(config, schema))
+    pretrain = config["model"]["pretrain"]
+    pretrain["enabled"] = pretrain_enabled(config)
     check_config(config, methods)
     return config
+
+
+def pretrain_enabled(config: Mapping) -> bool:
+    """`model.pretrain.enabled` resolved: `auto` pretrains only the tiny ESM-2 (a release or
+    Hugging Face ESM-2 already is a masked LM), and only where a corpus fits the data: the
+    user's `model.pretrain.corpus`, or the synthetic pool for `data.source: synthetic`."""
+    pretrain = config["model"]["pretrain"]
+    if pretrain["enabled"] != "auto":
+        return pretrain["enabled"]
+    corpus = pretrain["corpus"] or config["data"]["source"] == "synthetic"
+    return config["model"]["name"] == "tiny" and bool(corpus)
