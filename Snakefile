@@ -1,6 +1,7 @@
 # Knowledge neurons in protein language models: the whole DAG.
 # download -> split -> prepare_model -> finetune -> score -> evaluate (sweep) -> aggregate -> plots
 #                                                        -> knowledge (per class) -> knowledge_summary
+#                                    -> sae (per layer) -> features (concepts, causal) -> features_summary
 
 
 configfile: "config.yaml"
@@ -15,6 +16,7 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/neurons.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/knowledge.smk"
+include: "workflow/rules/features.smk"
 
 
 rule all:
@@ -24,3 +26,4 @@ rule all:
         rules.plots.output,
         rules.knowledge_summary.output if KNOWLEDGE else [],
         pretrain_reports(),
+        rules.features_summary.output if SAE else [],

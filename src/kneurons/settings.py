@@ -237,6 +237,29 @@ class KnowledgeSettings:
     max_sequences: int
 
 
+@dataclass(frozen=True)
+class SaeSettings:
+    """`sae.*` for training one layer's sparse autoencoder."""
+
+    expansion: int
+    k: int
+    steps: int
+    batch_size: int
+    lr: float
+    dead_after: int
+    corpus_sequences: int
+    device: str
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """`sae.random_sets`, `sae.device` and the knowledge step's test subset size."""
+
+    random_sets: int
+    test_sequences: int
+    device: str
+
+
 # --- reporting ------------------------------------------------------------------------------
 
 
@@ -369,6 +392,16 @@ def sweep_params(config: Mapping) -> dict:
 def knowledge_params(config: Mapping) -> dict:
     return settings(
         KnowledgeSettings, config["knowledge"], max_sequences=config["scoring"]["max_sequences"]
+    )
+
+
+def sae_params(config: Mapping) -> dict:
+    return settings(SaeSettings, config["sae"])
+
+
+def features_params(config: Mapping) -> dict:
+    return settings(
+        FeatureSettings, config["sae"], test_sequences=config["knowledge"]["test_sequences"]
     )
 
 

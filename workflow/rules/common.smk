@@ -37,6 +37,8 @@ METHODS = config["scoring"]["methods"]
 MODEL = config["model"]["name"]
 MODEL_KIND = model_kind(MODEL)
 KNOWLEDGE = knowledge_enabled(config, METHOD_REGISTRY)
+SAE = config["sae"]["enabled"]
+LAYERS = list(range(num_layers(config["model"])))
 PRETRAIN = config["model"]["pretrain"]
 
 
@@ -210,6 +212,33 @@ def knowledge_inputs(wildcards):
         "scores": f"{scores}.tsv",
         "per_sequence": f"{scores}.npy",
     }
+
+
+def sae_inputs(wildcards):
+    """The fine-tuned model, the split and (with pretraining) the unlabeled corpus."""
+    inputs = {
+        "model": rules.finetune.output.model.format(seed=wildcards.seed),
+        "split": split_table(wildcards),
+    }
+    if PRETRAIN["enabled"] and config["sae"]["corpus_sequences"]:
+        inputs["corpus"] = rules.pretrain_corpus.output.corpus
+    return inputs
+
+
+def features_inputs(wildcards):
+    """The fine-tuned model, the split, every layer's SAE and the knowledge neurons."""
+    inputs = {
+        "model": rules.finetune.output.model.format(seed=wildcards.seed),
+        "split": split_table(wildcards),
+        "saes": expand(rules.sae.output.sae, seed=wildcards.seed, layer=LAYERS),
+    }
+    if KNOWLEDGE:
+        inputs["neurons"] = rules.knowledge.output.neurons.format(seed=wildcards.seed)
+    return inputs
+
+
+def sae_histories():
+    return expand(rules.sae.output.history, seed=SEEDS, layer=LAYERS)
 
 
 def seed_files(pattern):
