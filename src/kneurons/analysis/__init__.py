@@ -1,1 +1,1 @@
-"""Stage 4, analysis: pruning sweeps, statistics, knowledge neurons."""
+"""Stage 4, analysis: pruning sweeps, statistics, knowledge neurons, concept detectors."""
