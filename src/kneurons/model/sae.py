@@ -344,7 +344,7 @@ def load_sae(path: str | Path) -> tuple[SparseAutoencoder, dict]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             strings = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         config = SaeConfig(**json.loads(strings[CONFIG_KEY]))
         sae = SparseAutoencoder(config).to(tensors["W_dec"].dtype)
         sae.load_state_dict(tensors)
@@ -391,7 +391,8 @@ def spliced(
     zero[L]: feature indices (1-D long) or a bool mask (F,); or a (models, F) bool mask when the
     batch holds `models` copies of the sequences, model-major (`tokens.repeat(models, 1)`):
     copy m zeroes mask m's features. The SAE runs in its own dtype; its result is cast back to
-    x's. Hooks are removed on exit, also after an error.
+    x's. Gradients flow through the SAE (for attributions to features); run under
+    torch.no_grad to skip them. Hooks are removed on exit, also after an error.
     """
     zero = dict(zero or {})
     unknown = set(zero) - set(saes)
