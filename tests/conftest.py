@@ -9,6 +9,11 @@ from kneurons.model.esm import EnzymeClassifier, build_tiny_esm2
 @pytest.fixture
 def tiny_classifier():
     """A small float64 classifier with non-trivial weights (random init plus noise)."""
+    return make_tiny_classifier()
+
+
+def make_tiny_classifier():
+    """`tiny_classifier`, for fixtures of a wider scope."""
     torch.manual_seed(0)
     model = EnzymeClassifier(build_tiny_esm2(3, 32, 4, seed=0), 6).double()
     with torch.no_grad():

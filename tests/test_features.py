@@ -103,6 +103,7 @@ def split_table(n=48, seed=0):
             {
                 "id": f"s{i}",
                 "sequence": "".join(sequence),
+                "ec_numbers": f"{c}.1.1.1",
                 "ec_class": c,
                 "motifs": motifs,
                 "split": part,
@@ -111,19 +112,28 @@ def split_table(n=48, seed=0):
     return pd.DataFrame(rows)
 
 
-@pytest.fixture
-def seed_run(tmp_path, tiny_classifier):
+@pytest.fixture(scope="module")
+def seed_run(tmp_path_factory):
     """The sae step for each layer and the features step, as the workflow calls them."""
     from kneurons.model.esm import save_classifier
 
-    model = tiny_classifier.float()
+    from conftest import make_tiny_classifier
+
+    tmp_path = tmp_path_factory.mktemp("seed_run")
+    model = make_tiny_classifier().float()
     classes = [1, 2, 3, 4, 5, 6]
     save_classifier(model, classes, 1022, tmp_path / "model.pt")
     table = split_table()
     table.to_csv(tmp_path / "split.tsv", sep="\t", index=False)
     sae_settings = SaeSettings(
-        expansion=2, k=4, steps=40, batch_size=256, lr=1e-3, dead_after=20,
-        corpus_sequences=0, device="cpu",
+        expansion=2,
+        k=4,
+        steps=40,
+        batch_size=256,
+        lr=1e-3,
+        dead_after=20,
+        corpus_sequences=0,
+        device="cpu",
     )
     saes = []
     for layer in range(model.num_layers):
@@ -135,13 +145,21 @@ def seed_run(tmp_path, tiny_classifier):
         features.sae_step(inp, out, sae_settings, {"seed": "0", "layer": str(layer)})
         saes.append(out.sae)
     neurons = pd.DataFrame(
-        {"class": [1, 3], "layer": [0, 2], "module": ["fc1", "k_proj"], "unit": [3, 4],
-         "share": 1.0, "mean_attribution": 1.0}
+        {
+            "class": [1, 3],
+            "layer": [0, 2],
+            "module": ["fc1", "k_proj"],
+            "unit": [3, 4],
+            "share": 1.0,
+            "mean_attribution": 1.0,
+        }
     )
     neurons.to_csv(tmp_path / "neurons.tsv", sep="\t", index=False)
     out = SimpleNamespace(**{k: tmp_path / f"{k}.tsv" for k in ("concepts", "quality", "effects")})
     inp = SimpleNamespace(
-        model=tmp_path / "model.pt", split=tmp_path / "split.tsv", saes=saes,
+        model=tmp_path / "model.pt",
+        split=tmp_path / "split.tsv",
+        saes=saes,
         neurons=tmp_path / "neurons.tsv",
     )
     settings = FeatureSettings(random_sets=3, test_sequences=0, device="cpu")
@@ -164,7 +182,8 @@ def test_the_features_step_scores_every_kind_and_tests_the_motif_features(seed_r
     assert set(concepts["layer"]) == {0, 1, 2}
     assert {"rossmann_nad_binding/true", "zincin_hexxh/true", "aa/G"} <= set(concepts["concept"])
     n_units = concepts.groupby("kind")["n_units"].first().to_dict()
-    assert n_units == {"residual": 32, "neuron": 4 * 32 + 4 * 32 + 32 + 32, "sae": 64}
+    # q, k, v, out_proj (32 each), fc1 (4 x 32), fc2 (32)
+    assert n_units == {"residual": 32, "neuron": 4 * 32 + 4 * 32 + 32, "sae": 64}
     # G appears only inside the planted Rossmann motifs: the amino-acid control finds it
     assert concepts[concepts["concept"] == "aa/G"]["f1"].max() > 0.5
     assert list(quality["layer"]) == [0, 1, 2] and (quality["accuracy_full"] >= 0).all()

@@ -126,6 +126,7 @@ def test_the_page_and_figure_are_written(tmp_path):
     )
     assert "| 1 | true motifs (4) | 0.0 [0.0, 0.0] | 1.0 [1.0, 1.0] | 3.0 [3.0, 3.0] |" in text
     assert "features more" in text and "motif features vs knowledge neurons" in text
-    assert "| more specific |" in text and "more specific; not shown in each model" in text
+    assert "| features more specific |" in text
+    assert "across models: specific; in each model: not shown" in text
     plot_coverage(coverage, tmp_path / "c.png", tmp_path / "c.pdf")
     assert (tmp_path / "c.png").stat().st_size > 1000

@@ -359,11 +359,14 @@ def summary_markdown(
 
 
 def _causal_verdict(row) -> str:
-    """What the two tests say of one causal row (Holm p < ALPHA, in the expected direction)."""
-    across = "more specific" if row.specific else "not shown across models"
+    """What the two tests say of one causal row (Holm p < ALPHA)."""
     if row.comparison == "neurons":
-        return across
-    return f"{across}; {'specific' if row.model_specific else 'not shown'} in each model"
+        if row.p_holm < ALPHA:
+            return "features more specific" if row.specific else "neurons more specific"
+        return "no difference shown"
+    across = "specific" if row.specific else "not shown"
+    in_each = "specific" if row.model_specific else "not shown"
+    return f"across models: {across}; in each model: {in_each}"
 
 
 def features_summary(input, output, settings: KnowledgeSummarySettings, wildcards) -> None:
