@@ -35,45 +35,52 @@ JOBS = {
     "aggregate": 1,
     "plots": 1,
     "knowledge_summary": 1,
+    "sae": 4,
+    "features": 2,
+    "features_summary": 1,
 }
 CHILDREN = {
     "download": ["split"],
-    "split": ["baselines", "finetune"],
+    "split": ["baselines", "finetune", "sae", "features"],
     "baselines": ["aggregate"],
     "prepare_model": ["finetune"],
-    "finetune": ["score_layer:ig", "score:activation", "score:gradxact", "evaluate"],
+    "finetune": ["score_layer:ig", "score:activation", "score:gradxact", "evaluate", "sae"],
     "score_layer:ig": ["merge_layers:ig"],
     "merge_layers:ig": ["evaluate", "knowledge"],
     "score:activation": ["evaluate"],
     "score:gradxact": ["evaluate"],
     "evaluate": ["aggregate"],
-    "knowledge": ["knowledge_summary"],
+    "knowledge": ["knowledge_summary", "features"],
     "aggregate": ["plots"],
+    "sae": ["features"],
+    "features": ["features_summary"],
 }
 SCORES = ["score_layer:ig", "merge_layers:ig", "score:activation", "score:gradxact"]
-REPORTS = ["aggregate", "plots", "knowledge_summary"]
+REPORTS = ["aggregate", "plots", "knowledge_summary", "features_summary"]
 
 # module -> the jobs an edit reaches first (the hash works per module: an edit of
 # attribution/quadrature.py reruns activation's scores too, which do not call it)
 FIRST = {
-    "analysis.__init__": ["baselines", "evaluate", "knowledge", *REPORTS],
+    "analysis.__init__": ["baselines", "evaluate", "knowledge", "features", *REPORTS],
+    "analysis.concepts": ["features"],
+    "analysis.features": ["features"],
     "analysis.baselines": ["baselines"],
     "analysis.evaluation": ["evaluate"],
-    "analysis.knowledge": ["knowledge"],
+    "analysis.knowledge": ["knowledge", "features"],
     "analysis.selection": ["evaluate"],
     "analysis.stats": ["baselines", "evaluate", *REPORTS],
-    "attribution.__init__": [*SCORES, "knowledge"],
-    "attribution.engine": [*SCORES, "knowledge"],
+    "attribution.__init__": [*SCORES, "knowledge", "features"],
+    "attribution.engine": [*SCORES, "knowledge", "features"],
     "attribution.methods.__init__": SCORES,  # the registry: every method's package
     "attribution.methods.base": SCORES,
-    "attribution.quadrature": [*SCORES, "knowledge"],
+    "attribution.quadrature": [*SCORES, "knowledge", "features"],
     "attribution.score": SCORES,
     "data.__init__": ["download"],
     "data.clusters": ["split"],
     "data.corpus": [],  # the pretraining corpus: the small config does not pretrain
     "data.download": ["download"],
     "data.http": [],  # the UniProt client's transport: not used by a synthetic run
-    "data.motifs": ["download", "knowledge"],
+    "data.motifs": ["download", "knowledge", "features"],
     "data.readers": [],  # users' tables: not read by a synthetic run
     "data.split": ["split"],
     "data.synthetic": ["download"],
@@ -84,13 +91,15 @@ FIRST = {
     "model.esm": ["prepare_model"],
     "model.hf_checkpoint": [],  # not used by the tiny model
     "model.pretrain": [],  # the small config does not pretrain
+    "model.sae": ["sae", "features"],
     "model.release": [],  # not used by the tiny model
     "model.train": ["finetune"],
     "model.units": ["prepare_model", "baselines", *REPORTS],  # the effective-unit rules in stats
     "reporting.__init__": REPORTS,
     "reporting.format": REPORTS,
     "reporting.aggregate": ["aggregate"],
-    "reporting.knowledge": ["knowledge_summary"],
+    "reporting.features": ["features_summary"],
+    "reporting.knowledge": ["knowledge_summary", "features_summary"],
     "reporting.knowledge_page": ["knowledge_summary"],
     "reporting.knowledge_plots": ["knowledge_summary"],
     "reporting.knowledge_summary": ["knowledge_summary"],
@@ -98,7 +107,7 @@ FIRST = {
     "reporting.pretraining": [],  # the small config does not pretrain
     "reporting.pruning": ["aggregate", "plots"],
     "reporting.pruning_page": ["aggregate"],
-    "reporting.style": ["plots", "knowledge_summary"],
+    "reporting.style": ["plots", "knowledge_summary", "features_summary"],
 }
 
 

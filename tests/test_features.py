@@ -10,7 +10,7 @@ import torch
 
 from kneurons.analysis import features
 from kneurons.model.esm import encode, residue_mask
-from kneurons.model.sae import load_sae
+from kneurons.model.sae import load_sae, residual_stream, sae_step, training_sequences
 from kneurons.settings import FeatureSettings, SaeSettings
 
 
@@ -28,7 +28,7 @@ def test_residual_stream_is_each_layers_output_at_residues(tiny_classifier, sequ
     for h in handles:
         h.remove()
     residues = residue_mask(tokens)  # (B, T)
-    stream = features.residual_stream(model, sequences, [0, 2], batch_size=2)
+    stream = residual_stream(model, sequences, [0, 2], batch_size=2)
     for layer in (0, 2):
         expected = captured[layer].transpose(0, 1)[residues]  # (residues, E), row-major order
         assert stream[layer].shape == (sum(map(len, sequences)), model.esm.embed_dim)
@@ -75,11 +75,11 @@ def test_training_sequences_use_the_corpus_train_part_only():
     corpus = pd.DataFrame(
         {"sequence": [f"M{i}" for i in range(10)], "part": ["train"] * 8 + ["heldout"] * 2}
     )
-    assert features.training_sequences(split, None, 5, 0) == ["AAA", "DDD"]
-    out = features.training_sequences(split, corpus, 5, 0)
+    assert training_sequences(split, None, 5, 0) == ["AAA", "DDD"]
+    out = training_sequences(split, corpus, 5, 0)
     assert out[:2] == ["AAA", "DDD"] and len(out) == 7
     assert not {"M8", "M9"} & set(out)
-    assert features.training_sequences(split, corpus, 100, 0)[2:] == [f"M{i}" for i in range(8)]
+    assert training_sequences(split, corpus, 100, 0)[2:] == [f"M{i}" for i in range(8)]
 
 
 def split_table(n=48, seed=0):
@@ -142,7 +142,7 @@ def seed_run(tmp_path_factory):
             history=tmp_path / f"layer{layer}_history.tsv",
         )
         inp = SimpleNamespace(model=tmp_path / "model.pt", split=tmp_path / "split.tsv")
-        features.sae_step(inp, out, sae_settings, {"seed": "0", "layer": str(layer)})
+        sae_step(inp, out, sae_settings, {"seed": "0", "layer": str(layer)})
         saes.append(out.sae)
     neurons = pd.DataFrame(
         {

@@ -36,7 +36,7 @@ STEPS = {
     "aggregate": "reporting.aggregate:aggregate",
     "plots": "reporting.plots:plots",
     "knowledge_summary": "reporting.knowledge_summary:knowledge_summary",
-    "sae": "analysis.features:sae_step",
+    "sae": "model.sae:sae_step",
     "features": "analysis.features:features_step",
     "features_summary": "reporting.features:features_summary",
 }

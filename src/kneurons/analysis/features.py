@@ -1,19 +1,19 @@
 """Sparse-autoencoder features against neurons: what each kind of unit detects, and whether the
 features that detect a class's motifs are what the classifier uses.
 
-Per seed, on the fine-tuned model:
-- `sae_step` (one job per layer): a TopK sparse autoencoder (`model.sae`) on the residual
-  stream after the layer, trained on the train split's residues (and up to
-  `sae.corpus_sequences` of the pretraining corpus where there is one);
-- `features_step`: InterPLM's concept metric (`analysis.concepts`) for three kinds of unit per
-  layer - the residual-stream dimensions, every module unit (q/k/v/out_proj, fc1, fc2 outputs)
-  and the SAE features - with threshold and unit chosen on validation residues and F1 reported
-  on test residues; each SAE's quality on test residues (variance explained, L0, dead fraction,
-  the classifier's accuracy with the reconstruction spliced in); and the causal test: per
-  class, the SAE features that best detect its true motifs are zeroed in the spliced model
-  (the reconstruction error added back, so nothing zeroed is the model itself), against
-  `sae.random_sets` random feature sets of the same per-layer counts and against the class's
-  knowledge neurons (suppressed, x0), on the knowledge step's test sequences.
+Per seed, on the fine-tuned model and its sparse autoencoders (`model.sae.sae_step`, one per
+layer), `features_step` computes:
+- InterPLM's concept metric (`analysis.concepts`) for three kinds of unit per layer - the
+  residual-stream dimensions, every module unit (q/k/v/out_proj, fc1, fc2 outputs) and the SAE
+  features - with threshold and unit chosen on validation residues and F1 reported on test
+  residues;
+- each SAE's quality on test residues (variance explained, L0, dead fraction, the classifier's
+  accuracy with the reconstruction spliced in);
+- the causal test: per class, the SAE features that best detect its true motifs are zeroed in
+  the spliced model (the reconstruction error added back, so nothing zeroed is the model
+  itself), against `sae.random_sets` random feature sets of the same per-layer counts and
+  against the class's knowledge neurons (suppressed, x0), on the knowledge step's test
+  sequences.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from kneurons.analysis.knowledge import (
 from kneurons.data.motifs import MOTIF_KINDS, MOTIFS, parse_motifs
 from kneurons.data.tables import read_labelled
 from kneurons.io import write_tsv
-from kneurons.model.esm import EnzymeClassifier, encode, linear, load_classifier, pick_device
-from kneurons.model.sae import SaeConfig, load_sae, sae_metrics, save_sae, spliced, train_sae
+from kneurons.model.esm import EnzymeClassifier, linear, load_classifier, pick_device
+from kneurons.model.sae import load_sae, residual_stream, sae_metrics, spliced
 from kneurons.model.train import predict_proba_models, token_batches
 from kneurons.model.units import MODULES, UNIT_COLUMNS
 from kneurons.progress import model_progress
-from kneurons.settings import FeatureSettings, SaeSettings
+from kneurons.settings import FeatureSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,38 +60,6 @@ FEATURES, RANDOM_FEATURES, NEURONS = "features", "random_features", "neurons"
 
 
 # --- activations ---------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def residual_stream(
-    model: EnzymeClassifier,
-    sequences: Sequence[str],
-    layers: Sequence[int],
-    max_length: int | None = None,
-    batch_size: int = 64,
-) -> dict[int, np.ndarray]:
-    """{layer: (residues, embed_dim) float32}: the residual stream after each of `layers` at
-    every residue of `sequences`, concatenated in order (BOS, EOS and padding dropped)."""
-    model.eval()
-    device = next(model.parameters()).device
-    wanted = set(layers)
-    chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
-    per_sequence: dict[int, list] = {layer: [None] * len(sequences) for layer in layers}
-    order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), i))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        tokens = encode([sequences[i] for i in chunk], max_length).to(device)
-        x, padding_mask = model.embed(tokens)  # (T, B, E)
-        lengths = (tokens != model.esm.padding_idx).sum(1).tolist()
-        for layer in range(max(wanted) + 1):
-            x = model.run_layers(x, padding_mask, layer, layer + 1)
-            if layer in wanted:
-                block = x.float().cpu().numpy()
-                for b, i in enumerate(chunk):
-                    per_sequence[layer][i] = block[1 : lengths[b] - 1, b]  # residues only
-    for layer in layers:
-        chunks[layer] = np.concatenate(per_sequence[layer]).astype(np.float32)
-    return chunks
 
 
 def layer_units(model: EnzymeClassifier, layer: int) -> pd.DataFrame:
@@ -122,51 +90,6 @@ def sae_activations(sae, residual: np.ndarray, batch_size: int = 8192) -> np.nda
         for i in range(0, len(residual), batch_size)
     ]
     return np.concatenate(out).astype(np.float32)
-
-
-# --- the sae step --------------------------------------------------------------------------
-
-
-def training_sequences(
-    split_table: pd.DataFrame, corpus: pd.DataFrame | None, n_corpus: int, seed: int
-) -> list[str]:
-    """The train split's sequences, then up to `n_corpus` of the corpus' training part (a
-    seeded sample; the corpus never holds a labelled sequence)."""
-    sequences = list(split_table.loc[split_table["split"] == "train", "sequence"])
-    if corpus is not None and n_corpus > 0:
-        pool = corpus[corpus["part"] == "train"] if "part" in corpus else corpus
-        if len(pool) > n_corpus:
-            pool = pool.sample(n=n_corpus, random_state=seed)
-        sequences += list(pool["sequence"])
-    return sequences
-
-
-def sae_step(input, output, settings: SaeSettings, wildcards) -> None:
-    """The sae step: one seed's and one layer's sparse autoencoder on the residual stream."""
-    seed, layer = int(wildcards["seed"]), int(wildcards["layer"])
-    device = pick_device(settings.device)
-    classifier, meta = load_classifier(input.model, device)
-    corpus = None
-    if getattr(input, "corpus", None) and settings.corpus_sequences:
-        corpus = pd.read_csv(input.corpus, sep="\t", keep_default_na=False)
-    sequences = training_sequences(
-        read_labelled(input.split), corpus, settings.corpus_sequences, seed
-    )
-    residual = residual_stream(classifier, sequences, [layer], meta["max_length"])[layer]
-    log.info("layer %d: %d residues of %d sequences", layer, len(residual), len(sequences))
-    config = SaeConfig(
-        d_in=residual.shape[1],
-        n_features=settings.expansion * residual.shape[1],
-        k=settings.k,
-        steps=settings.steps,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        dead_after=settings.dead_after,
-        seed=seed * 1000 + layer,
-    )
-    sae, history = train_sae(torch.from_numpy(residual), config, logger=log)
-    save_sae(sae, output.sae, {"seed": seed, "layer": layer, "n_residues": len(residual)})
-    write_tsv(history.assign(seed=seed, layer=layer), output.history)
 
 
 # --- concepts ------------------------------------------------------------------------------

@@ -25,17 +25,20 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from kneurons.io import CheckpointError, atomic_path, describe
-from kneurons.model.esm import EnzymeClassifier
+from kneurons.data.tables import read_labelled
+from kneurons.io import CheckpointError, atomic_path, describe, write_tsv
+from kneurons.model.esm import EnzymeClassifier, encode, load_classifier, pick_device
+from kneurons.settings import SaeSettings
 
 log = logging.getLogger(__name__)
 
@@ -431,3 +434,80 @@ def spliced(
     finally:
         for handle in handles:
             handle.remove()
+
+
+# --- the residual stream and the sae step --------------------------------------------------
+
+
+@torch.no_grad()
+def residual_stream(
+    model: EnzymeClassifier,
+    sequences: Sequence[str],
+    layers: Sequence[int],
+    max_length: int | None = None,
+    batch_size: int = 64,
+) -> dict[int, np.ndarray]:
+    """{layer: (residues, embed_dim) float32}: the residual stream after each of `layers` at
+    every residue of `sequences`, concatenated in order (BOS, EOS and padding dropped)."""
+    model.eval()
+    device = next(model.parameters()).device
+    wanted = set(layers)
+    chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+    per_sequence: dict[int, list] = {layer: [None] * len(sequences) for layer in layers}
+    order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i]), i))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        tokens = encode([sequences[i] for i in chunk], max_length).to(device)
+        x, padding_mask = model.embed(tokens)  # (T, B, E)
+        lengths = (tokens != model.esm.padding_idx).sum(1).tolist()
+        for layer in range(max(wanted) + 1):
+            x = model.run_layers(x, padding_mask, layer, layer + 1)
+            if layer in wanted:
+                block = x.float().cpu().numpy()
+                for b, i in enumerate(chunk):
+                    per_sequence[layer][i] = block[1 : lengths[b] - 1, b]  # residues only
+    for layer in layers:
+        chunks[layer] = np.concatenate(per_sequence[layer]).astype(np.float32)
+    return chunks
+
+
+def training_sequences(
+    split_table: pd.DataFrame, corpus: pd.DataFrame | None, n_corpus: int, seed: int
+) -> list[str]:
+    """The train split's sequences, then up to `n_corpus` of the corpus' training part (a
+    seeded sample; the corpus never holds a labelled sequence)."""
+    sequences = list(split_table.loc[split_table["split"] == "train", "sequence"])
+    if corpus is not None and n_corpus > 0:
+        pool = corpus[corpus["part"] == "train"] if "part" in corpus else corpus
+        if len(pool) > n_corpus:
+            pool = pool.sample(n=n_corpus, random_state=seed)
+        sequences += list(pool["sequence"])
+    return sequences
+
+
+def sae_step(input, output, settings: SaeSettings, wildcards) -> None:
+    """The sae step: one seed's and one layer's sparse autoencoder on the residual stream."""
+    seed, layer = int(wildcards["seed"]), int(wildcards["layer"])
+    device = pick_device(settings.device)
+    classifier, meta = load_classifier(input.model, device)
+    corpus = None
+    if getattr(input, "corpus", None) and settings.corpus_sequences:
+        corpus = pd.read_csv(input.corpus, sep="\t", keep_default_na=False)
+    sequences = training_sequences(
+        read_labelled(input.split), corpus, settings.corpus_sequences, seed
+    )
+    residual = residual_stream(classifier, sequences, [layer], meta["max_length"])[layer]
+    log.info("layer %d: %d residues of %d sequences", layer, len(residual), len(sequences))
+    config = SaeConfig(
+        d_in=residual.shape[1],
+        n_features=settings.expansion * residual.shape[1],
+        k=settings.k,
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        dead_after=settings.dead_after,
+        seed=seed * 1000 + layer,
+    )
+    sae, history = train_sae(torch.from_numpy(residual), config, logger=log)
+    save_sae(sae, output.sae, {"seed": seed, "layer": layer, "n_residues": len(residual)})
+    write_tsv(history.assign(seed=seed, layer=layer), output.history)

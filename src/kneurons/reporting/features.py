@@ -24,9 +24,15 @@ from matplotlib.figure import Figure
 
 from kneurons.analysis import stats
 from kneurons.io import atomic_path, write_tsv
-from kneurons.reporting.format import ALPHA, format_interval, format_p, format_seed_ps, md_table
+from kneurons.reporting.format import (
+    ALPHA,
+    format_interval,
+    format_p,
+    format_seed_ps,
+    md_table,
+    read_seed_tables,
+)
 from kneurons.reporting.knowledge import KNOWLEDGE, MATCHED, specificity_table
-from kneurons.reporting.knowledge_summary import _read
 from kneurons.reporting.style import merged_style, rc_params, save_figure
 from kneurons.settings import KnowledgeSummarySettings
 
@@ -372,9 +378,9 @@ def _causal_verdict(row) -> str:
 def features_summary(input, output, settings: KnowledgeSummarySettings, wildcards) -> None:
     """The features_summary step: coverage, best F1, quality and causal tables, page, figure."""
     seeds = [int(s) for s in settings.seeds]
-    concepts = _read(list(input.concepts), seeds)
-    quality = quality_table(_read(list(input.quality), seeds))
-    effects = _read(list(input.effects), seeds)
+    concepts = read_seed_tables(list(input.concepts), seeds)
+    quality = quality_table(read_seed_tables(list(input.quality), seeds))
+    effects = read_seed_tables(list(input.effects), seeds)
     coverage = coverage_table(concepts)
     best = best_f1_table(concepts)
     causal = causal_table(effects)

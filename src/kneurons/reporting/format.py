@@ -72,3 +72,18 @@ def format_seed_ps(per_seed_p, n_draws) -> str:
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
+def read_seed_tables(paths: Sequence[PathLike], seeds: Sequence[int]) -> pd.DataFrame:
+    """The per-seed tables stacked with a `seed` column; an empty file adds no rows."""
+    frames = []
+    for path, seed in zip(paths, seeds, strict=True):
+        try:
+            frame = pd.read_csv(path, sep="\t")
+        except pd.errors.EmptyDataError:
+            continue
+        frames.append(frame.assign(seed=int(seed)))
+    non_empty = [f for f in frames if len(f)]
+    if non_empty:
+        return pd.concat(non_empty, ignore_index=True)
+    return frames[0] if frames else pd.DataFrame(columns=["seed"])

@@ -10,7 +10,7 @@ import pandas as pd
 
 from kneurons.io import atomic_path, write_tsv
 from kneurons.model.units import UNIT_COLUMNS
-from kneurons.reporting.format import PathLike
+from kneurons.reporting.format import PathLike, read_seed_tables
 from kneurons.reporting.knowledge import detector_table, specificity_table
 from kneurons.reporting.knowledge_page import summary_markdown
 from kneurons.reporting.knowledge_plots import plot_effects, plot_motif_detectors, plot_placement
@@ -29,21 +29,6 @@ OUTPUT_KEYS = (
 )
 
 
-def _read(paths: Sequence[PathLike], seeds: Sequence[int]) -> pd.DataFrame:
-    """The per-seed tables stacked with a `seed` column; an empty file adds no rows."""
-    frames = []
-    for path, seed in zip(paths, seeds, strict=True):
-        try:
-            frame = pd.read_csv(path, sep="\t")
-        except pd.errors.EmptyDataError:
-            continue
-        frames.append(frame.assign(seed=int(seed)))
-    non_empty = [f for f in frames if len(f)]
-    if non_empty:
-        return pd.concat(non_empty, ignore_index=True)
-    return frames[0] if frames else pd.DataFrame(columns=["seed"])
-
-
 def write_outputs(
     neuron_paths: Sequence[PathLike],
     effect_paths: Sequence[PathLike],
@@ -56,9 +41,9 @@ def write_outputs(
     specificity and detector tables, the summary page and the figures, each atomically.
     `outputs` keys: OUTPUT_KEYS (summary: the markdown page)."""
     seeds = [int(s) for s in seeds]
-    neurons = _read(neuron_paths, seeds)
-    effects = _read(effect_paths, seeds)
-    motifs = _read(motif_paths, seeds)
+    neurons = read_seed_tables(neuron_paths, seeds)
+    effects = read_seed_tables(effect_paths, seeds)
+    motifs = read_seed_tables(motif_paths, seeds)
     for table, columns in (
         (effects, ["intervention", "set", "draw", "quantity", "neuron_class", "sequence_class"]),
         (motifs, ["set", "class", *UNIT_COLUMNS, "motif", "motif_class", "auroc"]),
