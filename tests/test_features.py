@@ -191,3 +191,15 @@ def test_the_features_step_scores_every_kind_and_tests_the_motif_features(seed_r
     assert sets == {"features": 1, "random_features": 3, "neurons": 1}
     assert set(effects["neuron_class"]) == {1, 3}  # the classes with motifs (and neurons)
     assert set(effects["intervention"]) == {"suppress"}
+
+
+def test_without_motif_annotations_only_the_amino_acid_control_is_scored(tiny_classifier):
+    """Real data without features: no motif concept, no causal run, an empty effects table."""
+    model = tiny_classifier.float()
+    table = split_table(n=24).assign(motifs="")
+    assert features.concept_kinds([table]) == ([], [])
+    concepts = pd.DataFrame(columns=["kind", "layer", "concept", "group", "unit", "val_f1"])
+    effects = features.causal_effects(
+        model, {}, table, [1, 2, 3], concepts, None, random_sets=2, seed=0, max_length=None
+    )
+    assert effects.empty and list(effects.columns) == features.EFFECT_COLUMNS
