@@ -126,6 +126,8 @@ def test_slurm_profile_runs_the_workflow_through_sbatch(slurm_cluster, tmp_path,
         "rule_knowledge",
         "rule_aggregate",
         "rule_plots",
+        "rule_sae",
+        "rule_features",
     }
     assert "Job stats" in log and "rule download" in log
     print(f"SLURM run of the small config: {elapsed:.0f} s, {len(submitted)} sbatch jobs")
@@ -136,5 +138,7 @@ def test_slurm_profile_runs_the_workflow_through_sbatch(slurm_cluster, tmp_path,
         "results/scores/seed0/ig.tsv",
         "results/density.tsv",
         "results/knowledge/specificity.tsv",
+        "results/sae/coverage.tsv",
+        "results/sae/causal.tsv",
     ]:
         assert (slurm_dir / name).read_text() == (local_dir / name).read_text(), name
