@@ -193,7 +193,7 @@ def feature_units(concepts: pd.DataFrame | None, seed: int) -> list[dict]:
                 "concepts": [[str(r.concept), _number(r.f1)] for r in group.itertuples()],
             }
         )
-    units.sort(key=lambda u: -1.0 if u["f1"] is None else -u["f1"])
+    units.sort(key=lambda u: (u["f1"] is None, -(u["f1"] or 0.0)))  # unscored last
     return units
 
 

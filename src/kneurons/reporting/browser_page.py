@@ -81,7 +81,7 @@ main { display: flex; gap: 12px; padding: 8px 12px; align-items: flex-start; }
 #detail { flex: 1 1 auto; min-width: 0; }
 table { border-collapse: collapse; }
 #units th { cursor: pointer; position: sticky; top: 0; background: #fff; text-align: left;
-  border-bottom: 2px solid #999; padding: 2px 5px; white-space: nowrap; }
+  border-bottom: 2px solid #999; padding: 2px 5px; max-width: 96px; vertical-align: bottom; }
 #units th.asc::after { content: " \\25B2"; } #units th.desc::after { content: " \\25BC"; }
 #units td { padding: 1px 5px; border-bottom: 1px solid #eee; white-space: nowrap; }
 #units tbody tr { cursor: pointer; } #units tbody tr:hover { background: #fff5d6; }
