@@ -192,7 +192,7 @@ function drawList() {
     if (u.id === state.selected) tr.className = "selected";
     for (const [key, , get] of COLUMNS) {
       const v = get(u);
-      const text = Number.isInteger(v) ? String(v) : fmt(v);
+      const text = key === "layer" || key === "unit" ? String(v) : fmt(v);
       tr.appendChild(el("td", { class: NUMERIC.has(key) ? "num" : "" }, text));
     }
     tr.addEventListener("click", () => select(u.id));
