@@ -23,7 +23,8 @@ Size bound: a shown residue costs at most 5 bytes ("-255,"), a sequence about it
 60 bytes once per seed. The default run (5 seeds, at most `max_units` = 300 units per seed, 13
 sequences per unit, at most 90 residues; 360 validation sequences) is therefore below
 5 x (300 x 13 x 90 x 5 + 360 x 150) B, about 9 MB; in practice about a third of that (SAE
-features are zero at most residues, ~250 units per seed), i.e. a few MB.
+features are zero at most residues, ~250 units per seed), i.e. a few MB: the small config
+(2 seeds, 149 units, residues 60-80) gives 411 kB, 3 bytes per shown residue.
 """
 
 from __future__ import annotations
