@@ -2,6 +2,7 @@
 # download -> split -> prepare_model -> finetune -> score -> evaluate (sweep) -> aggregate -> plots
 #                                                        -> knowledge (per class) -> knowledge_summary
 #                                    -> sae (per layer) -> features (concepts, causal) -> features_summary
+#                                    -> browser (one page of every seed's neurons and features)
 
 
 configfile: "config.yaml"
@@ -17,6 +18,7 @@ include: "workflow/rules/neurons.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/knowledge.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/browser.smk"
 
 
 rule all:
@@ -27,3 +29,4 @@ rule all:
         rules.knowledge_summary.output if KNOWLEDGE else [],
         pretrain_reports(),
         rules.features_summary.output if SAE else [],
+        rules.browser.output if config["browser"]["enabled"] else [],

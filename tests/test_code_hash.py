@@ -38,22 +38,30 @@ JOBS = {
     "sae": 4,
     "features": 2,
     "features_summary": 1,
+    "browser": 1,
 }
 CHILDREN = {
     "download": ["split"],
-    "split": ["baselines", "finetune", "sae", "features"],
+    "split": ["baselines", "finetune", "sae", "features", "browser"],
     "baselines": ["aggregate"],
     "prepare_model": ["finetune"],
-    "finetune": ["score_layer:ig", "score:activation", "score:gradxact", "evaluate", "sae"],
+    "finetune": [
+        "score_layer:ig",
+        "score:activation",
+        "score:gradxact",
+        "evaluate",
+        "sae",
+        "browser",
+    ],
     "score_layer:ig": ["merge_layers:ig"],
-    "merge_layers:ig": ["evaluate", "knowledge"],
-    "score:activation": ["evaluate"],
-    "score:gradxact": ["evaluate"],
+    "merge_layers:ig": ["evaluate", "knowledge", "browser"],
+    "score:activation": ["evaluate", "browser"],
+    "score:gradxact": ["evaluate", "browser"],
     "evaluate": ["aggregate"],
-    "knowledge": ["knowledge_summary", "features"],
+    "knowledge": ["knowledge_summary", "features", "browser"],
     "aggregate": ["plots"],
-    "sae": ["features"],
-    "features": ["features_summary"],
+    "sae": ["features", "browser"],
+    "features": ["features_summary", "browser"],
 }
 SCORES = ["score_layer:ig", "merge_layers:ig", "score:activation", "score:gradxact"]
 REPORTS = ["aggregate", "plots", "knowledge_summary", "features_summary"]
@@ -95,7 +103,9 @@ FIRST = {
     "model.release": [],  # not used by the tiny model
     "model.train": ["finetune"],
     "model.units": ["prepare_model", "baselines", *REPORTS],  # the effective-unit rules in stats
-    "reporting.__init__": REPORTS,
+    "reporting.__init__": [*REPORTS, "browser"],
+    "reporting.browser": ["browser"],
+    "reporting.browser_page": ["browser"],
     "reporting.format": REPORTS,
     "reporting.aggregate": ["aggregate"],
     "reporting.features": ["features_summary"],

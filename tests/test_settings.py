@@ -38,12 +38,13 @@ def test_every_config_key_reaches_a_step_or_the_dag():
     dag |= {"model.name", "model.num_layers", "data.source", "data.table.path"}
     dag |= {"split.shared"}  # which splits exist; split.seed travels as the split's seed
     dag |= {"model.pretrain.enabled", "model.pretrain.per_seed"}  # which pretrained models
-    dag |= {"sae.enabled"}
+    dag |= {"sae.enabled", "browser.enabled"}
     used = {f"finetune.{k}" for k in names(settings.FinetuneSettings)}
     used |= {f"sweep.{k}" for k in names(settings.SweepSettings)}
     used |= {f"knowledge.{k}" for k in names(settings.KnowledgeSettings)}
     used |= {f"sae.{k}" for k in names(settings.SaeSettings) | names(settings.FeatureSettings)}
     used |= {f"plots.{k}" for k in names(settings.PlotSettings)}
+    used |= {f"browser.{k}" for k in names(settings.BrowserSettings)}
     used |= {f"model.tiny.{k}" for k in names(settings.TinyModelSettings)} | {"model.url"}
     used |= {f"split.{k}" for k in names(settings.SplitSettings)}
     pretrain = names(settings.CorpusSettings) | names(settings.PretrainSettings) | {"corpus"}

@@ -286,6 +286,19 @@ class KnowledgeSummarySettings:
     seeds: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class BrowserSettings:
+    """`browser.*` (examples per unit, the cap on units, the device), the seeds and the scored
+    methods (the order of the browser's per-seed inputs)."""
+
+    examples: int
+    random_examples: int
+    max_units: int
+    device: str
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+
+
 # --- building -------------------------------------------------------------------------------
 
 CODE_KEY = "code"  # the rule's code hash travels beside the settings (kneurons.codehash)
@@ -432,4 +445,14 @@ def plot_params(config: Mapping, colors: Mapping) -> dict:
         config["plots"],
         method_colors={m: colors[m] for m in config["scoring"]["methods"]},
         granularity=config["scoring"]["granularity"],
+    )
+
+
+def browser_params(config: Mapping) -> dict:
+    """The browser's settings: `browser.*` but `enabled`, the seeds and the scored methods."""
+    return settings(
+        BrowserSettings,
+        config["browser"],
+        seeds=config["seeds"],
+        methods=config["scoring"]["methods"],
     )

@@ -39,6 +39,7 @@ STEPS = {
     "sae": "model.sae:sae_step",
     "features": "analysis.features:features_step",
     "features_summary": "reporting.features:features_summary",
+    "browser": "reporting.browser:browser",
 }
 
 log = logging.getLogger("kneurons")

@@ -257,3 +257,22 @@ def plot_outputs():
         png = f"results/plots/{name}.png"
         pngs.append(report(png, caption=f"../report/{name}.rst", category="Plots"))
     return pngs + expand("results/plots/{name}.pdf", name=PRUNING_FIGURES.values())
+
+
+def browser_inputs(wildcards):
+    """Every seed's split, model and scores; the knowledge and SAE tables where they run
+    (seed-major lists, as `reporting.browser.browser` reads them)."""
+    inputs = {
+        "splits": [f"results/data/split/{split_name(seed)}.tsv" for seed in SEEDS],
+        "models": seed_files(rules.finetune.output.model),
+        "scores": expand(
+            "results/scores/seed{seed}/{method}.tsv", seed=SEEDS, method=METHODS
+        ),
+    }
+    if KNOWLEDGE:
+        inputs["neurons"] = seed_files(rules.knowledge.output.neurons)
+        inputs["effects"] = seed_files(rules.knowledge.output.effects)
+    if SAE:
+        inputs["concepts"] = seed_files(rules.features.output.concepts)
+        inputs["saes"] = expand(rules.sae.output.sae, seed=SEEDS, layer=LAYERS)
+    return inputs
