@@ -26,9 +26,12 @@ def per_seed(counts: dict[str, int], seeds: int = SEEDS) -> dict[str, int]:
 SCORING = {"score_layer": 2, "merge_layers": 1, "score": 2}
 # a seed's chain from its split on: split, baselines, backbone, model, scores, evaluation
 SEED_CHAIN = {"split": 1, "baselines": 1, "prepare_model": 1, "finetune": 1, **SCORING}
-SEED_CHAIN |= {"evaluate": 1, "knowledge": 1}
+SEED_CHAIN |= {"evaluate": 1, "knowledge": 1, "sae": 2, "features": 1}  # an SAE per layer
 # the knowledge analysis of every seed and its summary
 KNOWLEDGE = {"knowledge": SEEDS, "knowledge_summary": 1}
+# what follows a seed's fine-tuned model besides scores and evaluation: SAEs, features, pages
+AFTER_MODEL = {"sae": 2 * SEEDS, "features": SEEDS, "features_summary": 1, "browser": 1}
+AFTER_FINETUNE = per_seed({"finetune": 1, **SCORING, "evaluate": 1}) | KNOWLEDGE | AFTER_MODEL
 
 
 def job_counts(path: Path, env: dict | None = None) -> dict[str, int]:
@@ -79,14 +82,14 @@ def test_new_method_runs_only_its_scoring_and_the_evaluations(run_copy):
     for seed in range(SEEDS):
         (run_copy / f"results/scores/seed{seed}/activation.tsv").unlink()
     change_config(run_copy, {"scoring": {"methods": ["ig", "gradxact"]}})
-    assert job_counts(run_copy) == {"evaluate": SEEDS, **TAIL}
+    assert job_counts(run_copy) == {"evaluate": SEEDS, **TAIL, "browser": 1}
     snakemake(run_copy)
     assert job_counts(run_copy) == {}
 
     change_config(run_copy, {"scoring": {"methods": ["ig", "activation", "gradxact"]}})
     counts = job_counts(run_copy)
     report("method activation added", counts)
-    assert counts == {"score": SEEDS, "evaluate": SEEDS, **TAIL}
+    assert counts == {"score": SEEDS, "evaluate": SEEDS, **TAIL, "browser": 1}  # it shows scores
 
 
 def test_new_seed_runs_only_that_seeds_chain(run_copy):
@@ -94,7 +97,8 @@ def test_new_seed_runs_only_that_seeds_chain(run_copy):
     counts = job_counts(run_copy)
     report("seed 2 added", counts)
     # no download: the data are shared
-    assert counts == {**SEED_CHAIN, **TAIL, "knowledge_summary": 1}
+    summaries = {"knowledge_summary": 1, "features_summary": 1, "browser": 1}
+    assert counts == {**SEED_CHAIN, **TAIL, **summaries}
 
 
 def test_shared_split_is_one_split_and_its_seed_decides_only_it(run_copy):
@@ -104,7 +108,7 @@ def test_shared_split_is_one_split_and_its_seed_decides_only_it(run_copy):
     counts = job_counts(run_copy)
     report("split.shared on", counts)
     chain = per_seed({k: v for k, v in SEED_CHAIN.items() if k != "prepare_model"})
-    assert counts == {**chain, "split": 1, "baselines": 1, **TAIL, **KNOWLEDGE}
+    assert counts == {**chain, "split": 1, "baselines": 1, **TAIL, **KNOWLEDGE, **AFTER_MODEL}
 
 
 def test_finetune_change_reruns_finetune_and_what_follows(run_copy):
@@ -112,21 +116,23 @@ def test_finetune_change_reruns_finetune_and_what_follows(run_copy):
     change_config(run_copy, {"finetune": {"lr": config["finetune"]["lr"] / 2}})
     counts = job_counts(run_copy)
     report("finetune.lr changed", counts)
-    assert counts == {**per_seed({"finetune": 1, **SCORING, "evaluate": 1}), **TAIL, **KNOWLEDGE}
+    assert counts == {**AFTER_FINETUNE, **TAIL}
 
 
 def test_knowledge_setting_reruns_only_the_knowledge_rules(run_copy):
     change_config(run_copy, {"knowledge": {"threshold": 0.3}})
     counts = job_counts(run_copy)
     report("knowledge.threshold changed", counts)
-    assert counts == {**KNOWLEDGE, "all": 1}
+    # the features' causal test and the browser show the knowledge neurons
+    assert counts == {**KNOWLEDGE, "features": SEEDS, "features_summary": 1, "browser": 1, "all": 1}
 
 
 def test_plot_style_change_reruns_only_plots(run_copy):
     change_config(run_copy, {"plots": {"dpi": 72}})
     counts = job_counts(run_copy)
     report("plots.dpi changed", counts)
-    assert counts == {"plots": 1, "knowledge_summary": 1, "all": 1}  # both draw figures
+    # the three draw figures
+    assert counts == {"plots": 1, "knowledge_summary": 1, "features_summary": 1, "all": 1}
 
 
 def test_cluster_settings_of_a_random_split_rerun_nothing(run_copy):
@@ -134,9 +140,6 @@ def test_cluster_settings_of_a_random_split_rerun_nothing(run_copy):
     counts = job_counts(run_copy)
     report("split.identity, split.coverage changed (method random)", counts)
     assert counts == {}
-
-
-AFTER_FINETUNE = per_seed({"finetune": 1, **SCORING, "evaluate": 1}) | KNOWLEDGE
 
 
 # --- the same settings written another way rerun nothing -------------------------------------
