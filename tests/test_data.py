@@ -534,3 +534,19 @@ def test_synthetic_unbalanced_reproduces_the_earlier_generator():
         "MLGPLYPESESSGKNSKACNEAIALNAVYEPVWSIGSGNDALEDVVQSYKLEKLREPFHQSGIIPMNH",
         "MGLTPPGFTPDGKTATTIIFSLFAAEHAQWEPVKNALGGDMEGKLIARFKRMGKHLDDSVKKLDAISAIRSGTYLAQYQLLEAESHKLPA",
     ]
+
+
+def test_atomic_outputs_get_the_mode_of_a_plain_open(tmp_path):
+    """mkstemp's 0600 would hide every result from the rest of a group's shared folder."""
+    import os
+
+    from kneurons.io import write_atomic
+
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "out.txt", lambda tmp: tmp.write_text("x"))
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
