@@ -29,6 +29,7 @@ import torch
 from kneurons.analysis.concepts import concept_scores, residue_concepts
 from kneurons.analysis.knowledge import (
     EFFECT_QUANTITIES,
+    _p_true_and_correct,
     class_subset,
     scaled,
     token_activations,
@@ -203,11 +204,6 @@ def _probabilities(
             out.append(predict_proba_models(model, {}, 1, batches)[0])
         on_pass(done)
     return out
-
-
-def _p_true_and_correct(probs: torch.Tensor, y_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p = probs.double().numpy()
-    return p[np.arange(len(y_true)), y_true], (p.argmax(-1) == y_true).astype(float)
 
 
 def quality_table(
